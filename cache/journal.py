@@ -1,0 +1,206 @@
+"""Per-shard journals and the index built from them.
+
+Each shard has one append-only JSON-lines journal, written only by that shard's writer. Lines:
+
+- ``{"kind": "run", "run_id", "started_at", "host", "pid", "provenance": {...}}``: a writer start.
+- ``{"kind": "segment", "segment": "seg-000004", "frames": N}``: segment committed (it exists,
+  complete, under ``shards/NNNNN/``; it was renamed into place before this line was written).
+- ``{"kind": "piece", "video_id", "attempt", "segment", "segment_start", "video_start", "frames"}``:
+  frames ``[video_start, video_start + frames)`` of a video are rows
+  ``[segment_start, segment_start + frames)`` of that segment.
+- ``{"kind": "video", "video_id", "attempt", "status": "done" | "failed", "run_id",
+  "committed_at", ...}``: the video's final record (``error`` says why when failed).
+
+A video is done only if a ``done`` line exists *and* its pieces of the same attempt cover
+``[0, num_frames)`` in committed segments; anything else is not reported as done. A torn last
+line (a writer killed mid-write) is ignored by readers and cut off by the next writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A contiguous run of one video's frames inside one segment."""
+
+    shard: int
+    segment: str
+    segment_start: int
+    video_start: int
+    frames: int
+
+
+@dataclass
+class VideoEntry:
+    """The resolved index entry of one video: its final record and where its frames are."""
+
+    video_id: str
+    shard: int
+    record: dict[str, Any]
+    pieces: list[Piece] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return str(self.record["status"])
+
+
+@dataclass
+class Partial:
+    """Frames of an unfinished attempt that are already committed (used to resume mid-video)."""
+
+    video_id: str
+    shard: int
+    attempt: str
+    pieces: list[Piece]
+
+    @property
+    def frames(self) -> int:
+        return _contiguous_frames(self.pieces)
+
+
+@dataclass
+class Index:
+    videos: dict[str, VideoEntry]
+    partial: dict[str, Partial]
+    runs: dict[str, dict[str, Any]]
+    problems: list[str]
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """Read one journal, ignoring a torn (unterminated or unparsable) final line."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    records = []
+    lines = data.split(b"\n")
+    # The piece after the last newline is either empty or a torn write.
+    for line in lines[:-1]:
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            # Only the final line can be torn; a bad line in the middle means damage.
+            raise ValueError(f"corrupt line in journal {path}: {line[:200]!r}") from None
+    return records
+
+
+def append_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append records durably: one write call, then fsync, so a kill leaves at most a torn tail."""
+    if not records:
+        return
+    payload = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(payload)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def repair_tail(path: Path) -> None:
+    """Cut a torn final line off a journal before appending to it."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def shard_of_journal(path: Path) -> int:
+    return int(path.stem.split("-")[1])
+
+
+def _contiguous_frames(pieces: list[Piece]) -> int:
+    """Frames covered from 0 without a gap by ``pieces`` (sorted by video_start)."""
+    end = 0
+    for p in sorted(pieces, key=lambda p: p.video_start):
+        if p.video_start != end:
+            break
+        end += p.frames
+    return end
+
+
+def build_index(journals: dict[int, list[dict[str, Any]]]) -> Index:
+    """Resolve journal records of every shard into one index (see module docstring)."""
+    runs: dict[str, dict[str, Any]] = {}
+    pieces: dict[tuple[str, str], list[Piece]] = defaultdict(list)
+    piece_shard: dict[tuple[str, str], int] = {}
+    finals: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    problems: list[str] = []
+
+    for shard, records in sorted(journals.items()):
+        segments = {r["segment"] for r in records if r["kind"] == "segment"}
+        for r in records:
+            kind = r["kind"]
+            if kind == "run":
+                runs[r["run_id"]] = r
+            elif kind == "piece":
+                if r["segment"] not in segments:
+                    problems.append(f"shard {shard}: piece in undeclared segment {r['segment']}")
+                    continue
+                key = (r["video_id"], r["attempt"])
+                pieces[key].append(
+                    Piece(shard, r["segment"], r["segment_start"], r["video_start"], r["frames"])
+                )
+                piece_shard[key] = shard
+            elif kind == "video":
+                finals[r["video_id"]].append((shard, r))
+
+    videos: dict[str, VideoEntry] = {}
+    finished_attempts = set()
+    for video_id, candidates in finals.items():
+        for _, r in candidates:
+            finished_attempts.add((video_id, r["attempt"]))
+        chosen = None
+        # Prefer the newest valid done record; fall back to the newest failure.
+        for shard, r in sorted(candidates, key=lambda c: c[1]["committed_at"], reverse=True):
+            if r["status"] != "done":
+                continue
+            ps = sorted(pieces.get((video_id, r["attempt"]), []), key=lambda p: p.video_start)
+            if _contiguous_frames(ps) == r["num_frames"] == sum(p.frames for p in ps):
+                chosen = VideoEntry(video_id, shard, r, ps)
+                break
+            problems.append(f"{video_id}: done record without its frames (attempt {r['attempt']})")
+        if chosen is None:
+            failed = [c for c in candidates if c[1]["status"] == "failed"]
+            if failed:
+                shard, r = max(failed, key=lambda c: c[1]["committed_at"])
+                chosen = VideoEntry(video_id, shard, r, [])
+        if chosen is not None:
+            videos[video_id] = chosen
+
+    partial: dict[str, Partial] = {}
+    for (video_id, attempt), ps in pieces.items():
+        if (video_id, attempt) in finished_attempts:
+            continue
+        entry = videos.get(video_id)
+        if entry is not None and entry.status == "done":
+            continue
+        cand = Partial(video_id, piece_shard[(video_id, attempt)], attempt, ps)
+        if video_id not in partial or cand.frames > partial[video_id].frames:
+            partial[video_id] = cand
+    return Index(videos=videos, partial=partial, runs=runs, problems=problems)
+
+
+def load_index(root: Path) -> Index:
+    """Read every shard journal under ``root/index`` and resolve them into one index."""
+    journals = {
+        shard_of_journal(p): read_journal(p) for p in sorted((root / "index").glob("shard-*.jsonl"))
+    }
+    return build_index(journals)

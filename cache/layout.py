@@ -1,0 +1,74 @@
+"""On-disk layout of a streamfeat cache (format version 1).
+
+::
+
+    STORE/                                 a Zarr v3 group
+      zarr.json                            attributes["streamfeat"]: store config + provenance
+      shards/NNNNN/                        one folder per writer shard (one writer at a time)
+        seg-SSSSSS/                        an immutable segment: a Zarr v3 group, written once
+          zarr.json                        attributes["pieces"]: which video frames it holds
+          tokens/                          (frames, tokens_per_frame, dim) float16 (or uint16
+                                           holding bfloat16 bits), sharding codec
+          pts/                             (frames,) float64 presentation time of each frame
+      index/shard-NNNNN.jsonl              the journal of shard NNNNN (see ``cache.journal``)
+      shards/NNNNN/.lock                   advisory lock held by the shard's writer
+
+Frames of many videos are packed one after the other into segments, so the number of files grows
+with the number of frames, not with the number of videos; a long video spans several segments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+FORMAT_NAME = "streamfeat-cache"
+FORMAT_VERSION = 1
+ATTRS_KEY = "streamfeat"
+
+StoreDtype = Literal["float16", "bfloat16"]
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Array geometry shared by every segment of one store.
+
+    ``chunk_frames`` is the read granularity (a window read touches at most one extra chunk at
+    each end); ``shard_frames`` is how many frames go in one file of the sharding codec;
+    ``segment_frames`` is the most frames a writer buffers before committing a segment.
+    """
+
+    tokens_per_frame: int
+    dim: int
+    dtype: StoreDtype = "float16"
+    chunk_frames: int = 8
+    shard_frames: int = 1024
+    segment_frames: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float16", "bfloat16"):
+            raise ValueError(f"dtype must be 'float16' or 'bfloat16', got {self.dtype!r}")
+        for name in ("tokens_per_frame", "dim", "chunk_frames", "shard_frames", "segment_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.shard_frames % self.chunk_frames:
+            raise ValueError(
+                f"shard_frames ({self.shard_frames}) must be a multiple of "
+                f"chunk_frames ({self.chunk_frames})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def shard_dir(root: Path, shard: int) -> Path:
+    return root / "shards" / f"{shard:05d}"
+
+
+def journal_path(root: Path, shard: int) -> Path:
+    return root / "index" / f"shard-{shard:05d}.jsonl"
+
+
+def segment_name(seq: int) -> str:
+    return f"seg-{seq:06d}"

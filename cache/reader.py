@@ -1,0 +1,119 @@
+"""Reading a store: the index, per-video info and frame windows."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cache.journal import Index, VideoEntry, load_index
+from cache.layout import shard_dir
+from cache.store import read_store_attrs
+
+
+class Store:
+    """A read-only view of a store, as of when it was opened (``refresh()`` re-reads the index).
+
+    ``read()`` touches only the chunks that hold the requested window, never the whole video.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.attrs = read_store_attrs(self.root)
+        self.layout = self.attrs["layout"]
+        self.index: Index = load_index(self.root)
+
+    def refresh(self) -> None:
+        self.index = load_index(self.root)
+        self._array.cache_clear()
+
+    def video_ids(self, status: str | None = None) -> list[str]:
+        """Every indexed video id (done and failed), sorted; ``status`` filters."""
+        return sorted(v for v, e in self.index.videos.items() if status in (None, e.status))
+
+    def _entry(self, video_id: str) -> VideoEntry:
+        try:
+            return self.index.videos[video_id]
+        except KeyError:
+            raise KeyError(f"video {video_id!r} is not in the index of {self.root}") from None
+
+    def info(self, video_id: str) -> dict[str, Any]:
+        """The index record of a video plus where its frames are (``pieces``).
+
+        Keys include ``video_id``, ``source_path``, ``status`` (``"done"``/``"failed"``),
+        ``error`` (``None`` unless failed), ``num_frames``, ``fps``, ``duration_seconds``.
+        """
+        e = self._entry(video_id)
+        info = {k: v for k, v in e.record.items() if k not in ("kind",)}
+        info.setdefault("error", None)
+        info.setdefault("num_frames", 0)
+        info["pieces"] = [
+            {
+                "array": f"shards/{p.shard:05d}/{p.segment}/tokens",
+                "rows": [p.segment_start, p.segment_start + p.frames],
+                "frames": [p.video_start, p.video_start + p.frames],
+            }
+            for p in e.pieces
+        ]
+        return info
+
+    def pts_seconds(self, video_id: str) -> np.ndarray:
+        return self.read(video_id, tokens=False)[1]
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one Store per process, bounded cache
+    def _array(self, path: str) -> Any:
+        import zarr
+
+        return zarr.open_array(self.root / path, mode="r")
+
+    def read(
+        self,
+        video_id: str,
+        start: int | None = None,
+        stop: int | None = None,
+        *,
+        tokens: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Frames ``[start, stop)`` of a done video: ``(tokens (T, N, D), pts_seconds (T,))``.
+
+        Tokens are float16 (or float32 for a bfloat16 store: NumPy has no bfloat16, and float32
+        holds every bfloat16 value exactly). ``start``/``stop`` follow Python slice rules.
+        """
+        e = self._entry(video_id)
+        if e.status != "done":
+            raise ValueError(
+                f"video {video_id!r} is {e.status}: {e.record.get('error')}; nothing to read"
+            )
+        n = int(e.record["num_frames"])
+        start, stop, _ = slice(start, stop).indices(n)
+        stop = max(start, stop)
+        toks, pts = [], []
+        for p in e.pieces:
+            lo, hi = max(start, p.video_start), min(stop, p.video_start + p.frames)
+            if lo >= hi:
+                continue
+            base = f"{shard_dir(Path(), p.shard).as_posix()}/{p.segment}"
+            rows = slice(p.segment_start + lo - p.video_start, p.segment_start + hi - p.video_start)
+            if tokens:
+                toks.append(self._array(f"{base}/tokens")[rows])
+            pts.append(self._array(f"{base}/pts")[rows])
+        lay = self.layout
+        shape = (0, lay["tokens_per_frame"], lay["dim"])
+        dtype = np.uint16 if lay["dtype"] == "bfloat16" else np.float16
+        out = np.concatenate(toks) if toks else np.zeros(shape, dtype)
+        if lay["dtype"] == "bfloat16":
+            out = bf16_bits_to_float32(out)
+        pts_out = np.concatenate(pts) if pts else np.zeros((0,), np.float64)
+        return out, pts_out
+
+
+def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 stored as uint16 bit patterns -> float32 (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def open_store(path: str | Path) -> Store:
+    """Open the store at ``path`` for reading."""
+    return Store(path)

@@ -1,0 +1,82 @@
+"""Creating a store and checking that a run is compatible with what it already holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cache.layout import ATTRS_KEY, FORMAT_NAME, FORMAT_VERSION, StoreLayout
+
+
+class StoreMismatchError(ValueError):
+    pass
+
+
+def read_store_attrs(root: str | Path) -> dict[str, Any]:
+    """The ``streamfeat`` attributes of the store at ``root`` (error if it is not a store)."""
+    meta = Path(root) / "zarr.json"
+    if not meta.is_file():
+        raise FileNotFoundError(f"no streamfeat store at {str(root)!r} (missing {meta})")
+    attrs = json.loads(meta.read_text()).get("attributes", {}).get(ATTRS_KEY)
+    if not attrs or attrs.get("format") != FORMAT_NAME:
+        raise ValueError(f"{str(root)!r} is a Zarr store but not a streamfeat cache")
+    if attrs.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{str(root)!r} has cache format version {attrs.get('format_version')}; "
+            f"this streamfeat reads version {FORMAT_VERSION}"
+        )
+    return dict(attrs)
+
+
+def init_store(
+    root: str | Path,
+    *,
+    layout: StoreLayout,
+    features: dict[str, Any],
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """Create the store at ``root``, or check that an existing one holds the same features.
+
+    ``features`` is everything that changes the numbers (encoder and its weights, fps, frame
+    size, pooling, dtype): a run whose ``features`` differ from the store's is refused, so one
+    store never mixes features of different encoders. ``provenance`` (package versions, host,
+    time) is recorded only when the store is created; each writer run journals its own.
+    """
+    import zarr
+
+    root = Path(root)
+    attrs = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "layout": layout.to_dict(),
+        "features": features,
+        "provenance": provenance,
+    }
+    attrs = json.loads(json.dumps(attrs))  # normalise tuples etc. to what JSON gives back
+    if (root / "zarr.json").is_file():
+        existing = read_store_attrs(root)
+        for key in ("layout", "features"):
+            if existing[key] != attrs[key]:
+                diff = _diff(existing[key], attrs[key])
+                raise StoreMismatchError(
+                    f"store {str(root)!r} holds features made with different settings "
+                    f"({key}: {diff}); write to a new store= path or use the same settings"
+                )
+        return existing
+    root.mkdir(parents=True, exist_ok=True)
+    zarr.open_group(root, mode="a", zarr_format=3, attributes={ATTRS_KEY: attrs})
+    for sub in ("shards",):
+        zarr.open_group(root / sub, mode="a", zarr_format=3)
+    (root / "index").mkdir(exist_ok=True)
+    return read_store_attrs(root)
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(set(old) | set(new))
+    parts = [
+        f"{k}: store has {old.get(k)!r}, run has {new.get(k)!r}"
+        for k in keys
+        if old.get(k) != new.get(k)
+    ]
+    return "; ".join(parts)

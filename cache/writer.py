@@ -1,0 +1,325 @@
+"""The single writer of one shard of a store.
+
+Frames are buffered in memory and committed as immutable segments: the segment is written to a
+staging folder, fsynced, renamed into place, and only then journalled. A kill at any moment leaves
+either a committed segment that the journal names, or a staging/unnamed folder that the next
+writer of the shard deletes. Videos enter the index only with their ``done`` line, which is
+journalled together with (or after) the segment that holds their last frames.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cache.journal import append_records, load_index, read_journal, repair_tail
+from cache.layout import StoreLayout, journal_path, segment_name, shard_dir
+from cache.store import read_store_attrs
+
+
+@dataclass
+class _Pending:
+    """Frames of one video waiting in the current (uncommitted) segment buffer."""
+
+    video_id: str
+    attempt: str
+    video_start: int
+    tokens: list[np.ndarray] = field(default_factory=list)
+    pts: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def frames(self) -> int:
+        return sum(len(t) for t in self.tokens)
+
+
+class ShardLockedError(RuntimeError):
+    pass
+
+
+class ShardWriter:
+    """Writes videos into shard ``shard`` of the store at ``root``.
+
+    Usage: ``start(video_id)`` returns the frame to start from (non-zero when an earlier run
+    already committed the first frames of this video), then ``write()`` frames in order, then
+    ``finish()`` or ``fail()``. ``close()`` commits what is buffered. Only one writer per shard
+    may exist at a time (an advisory lock enforces it).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        shard: int,
+        *,
+        commit_interval_s: float = 60.0,
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.shard = shard
+        attrs = read_store_attrs(self.root)
+        self.layout = StoreLayout(**attrs["layout"])
+        self.commit_interval_s = commit_interval_s
+        self.dir = shard_dir(self.root, shard)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / "zarr.json").exists():  # so Zarr clients can walk the hierarchy
+            import zarr
+
+            zarr.open_group(self.dir, mode="a", zarr_format=3)
+        self.journal = journal_path(self.root, shard)
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = self._lock()
+        repair_tail(self.journal)
+        records = read_journal(self.journal)
+        committed = {r["segment"] for r in records if r["kind"] == "segment"}
+        self._clean_uncommitted(committed)
+        self._next_seq = 1 + max((int(s.split("-")[1]) for s in committed), default=-1)
+        self._partial = {
+            vid: p for vid, p in load_index(self.root).partial.items() if p.shard == shard
+        }
+        self.run_id = uuid.uuid4().hex[:12]
+        append_records(
+            self.journal,
+            [
+                {
+                    "kind": "run",
+                    "run_id": self.run_id,
+                    "started_at": time.time(),
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "provenance": provenance or {},
+                }
+            ],
+        )
+        self._pending: dict[str, _Pending] = {}
+        self._flushing: list[_Pending] = []  # finished videos whose frames are still buffered
+        self._finals: list[dict[str, Any]] = []
+        self._buffered = 0
+        self._last_commit = time.monotonic()
+
+    def _lock(self) -> int:
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ShardLockedError(
+                f"shard {self.shard} of {self.root} is being written by another process "
+                f"(lock {self.dir / '.lock'}); one writer per shard"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        return fd
+
+    def _clean_uncommitted(self, committed: set[str]) -> None:
+        # Leftovers of a killed writer: staging folders and segments renamed but not journalled.
+        for child in self.dir.iterdir():
+            if child.name.startswith(".staging-") or (
+                child.name.startswith("seg-") and child.name not in committed
+            ):
+                shutil.rmtree(child, ignore_errors=True)
+
+    # -- per video -------------------------------------------------------------------------
+
+    def start(self, video_id: str) -> int:
+        """Begin (or resume) a video; returns how many of its frames are already committed."""
+        partial = self._partial.get(video_id)
+        if partial is not None and partial.frames > 0:
+            self._pending[video_id] = _Pending(video_id, partial.attempt, partial.frames)
+            return partial.frames
+        self._pending[video_id] = _Pending(video_id, uuid.uuid4().hex[:12], 0)
+        return 0
+
+    def write(self, video_id: str, tokens: np.ndarray, pts_seconds: np.ndarray) -> None:
+        """Buffer frames of a started video (in order). ``tokens``: (n, tokens, dim)."""
+        lay = self.layout
+        want = (lay.tokens_per_frame, lay.dim)
+        if tokens.ndim != 3 or tokens.shape[1:] != want or len(pts_seconds) != len(tokens):
+            raise ValueError(
+                f"tokens must be (n, {want[0]}, {want[1]}) with n pts, got {tokens.shape} "
+                f"and {len(pts_seconds)} pts"
+            )
+        dtype = np.uint16 if lay.dtype == "bfloat16" else np.float16
+        if tokens.dtype != dtype:
+            raise ValueError(f"tokens dtype must be {np.dtype(dtype)}, got {tokens.dtype}")
+        pending = self._pending[video_id]
+        pending.tokens.append(tokens)
+        pending.pts.append(np.asarray(pts_seconds, dtype=np.float64))
+        self._buffered += len(tokens)
+        if self._buffered >= lay.segment_frames:
+            self.commit()
+
+    def finish(self, video_id: str, record: dict[str, Any]) -> None:
+        """Mark a video complete; ``record`` holds its metadata (num_frames, fps, ...)."""
+        pending = self._pending.pop(video_id)
+        done = pending.video_start + pending.frames
+        if record.get("num_frames") != done:
+            raise ValueError(
+                f"{video_id}: record says {record.get('num_frames')} frames, wrote {done}"
+            )
+        if pending.frames:
+            self._flushing.append(pending)
+        self._finals.append(self._final(video_id, pending.attempt, "done", record))
+        self._maybe_commit()
+
+    def fail(self, video_id: str, record: dict[str, Any], error: str) -> None:
+        """Record a video as failed with ``error``; its buffered frames are dropped."""
+        pending = self._pending.pop(video_id, None)
+        if pending is not None:
+            self._buffered -= pending.frames
+        attempt = pending.attempt if pending else uuid.uuid4().hex[:12]
+        self._finals.append(self._final(video_id, attempt, "failed", {**record, "error": error}))
+        self._maybe_commit()
+
+    def _final(self, video_id: str, attempt: str, status: str, record: dict[str, Any]) -> dict:
+        return {
+            **record,
+            "kind": "video",
+            "video_id": video_id,
+            "attempt": attempt,
+            "status": status,
+            "run_id": self.run_id,
+            "shard": self.shard,
+            "committed_at": 0.0,  # set at commit
+        }
+
+    def _maybe_commit(self) -> None:
+        if (
+            self._buffered >= self.layout.segment_frames
+            or time.monotonic() - self._last_commit >= self.commit_interval_s
+        ):
+            self.commit()
+
+    # -- commit ----------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Write buffered frames as one segment, then journal it with finished videos."""
+        groups = [*self._flushing, *(p for p in self._pending.values() if p.frames)]
+        records: list[dict[str, Any]] = []
+        if groups:
+            seg = segment_name(self._next_seq)
+            records += self._write_segment(seg, groups)
+            self._next_seq += 1
+        now = time.time()
+        for final in self._finals:
+            final["committed_at"] = now
+        records += self._finals
+        append_records(self.journal, records)
+        # What is journalled is now durable: reset the buffers.
+        for p in self._pending.values():
+            p.video_start += p.frames
+            p.tokens.clear()
+            p.pts.clear()
+        self._flushing = []
+        self._finals = []
+        self._buffered = 0
+        self._last_commit = time.monotonic()
+
+    def _write_segment(self, seg: str, groups: list[_Pending]) -> list[dict[str, Any]]:
+        import zarr
+
+        lay = self.layout
+        tokens = np.concatenate([t for g in groups for t in g.tokens])
+        pts = np.concatenate([t for g in groups for t in g.pts])
+        n = len(tokens)
+        pieces, start = [], 0
+        for g in groups:
+            pieces.append(
+                {
+                    "kind": "piece",
+                    "video_id": g.video_id,
+                    "attempt": g.attempt,
+                    "segment": seg,
+                    "segment_start": start,
+                    "video_start": g.video_start,
+                    "frames": g.frames,
+                }
+            )
+            start += g.frames
+        staging = self.dir / f".staging-{seg}-{uuid.uuid4().hex[:8]}"
+        group = zarr.open_group(
+            staging,
+            mode="w",
+            zarr_format=3,
+            attributes={"pieces": [{k: v for k, v in p.items() if k != "kind"} for p in pieces]},  # type: ignore[misc]
+        )
+        chunk = min(lay.chunk_frames, n)
+        shard = min(lay.shard_frames, -(-n // chunk) * chunk)
+        arr = group.create_array(
+            "tokens",
+            shape=tokens.shape,
+            chunks=(chunk, lay.tokens_per_frame, lay.dim),
+            shards=(shard, lay.tokens_per_frame, lay.dim),
+            dtype=tokens.dtype,
+            compressors=None,
+            fill_value=0,
+            dimension_names=("frame", "token", "channel"),
+            attributes={"streamfeat_dtype": lay.dtype},
+        )
+        arr[...] = tokens
+        parr = group.create_array(
+            "pts",
+            shape=(n,),
+            chunks=(n,),
+            dtype="float64",
+            compressors=None,
+            fill_value=0.0,
+            dimension_names=("frame",),
+        )
+        parr[...] = pts
+        _fsync_tree(staging)
+        os.rename(staging, self.dir / seg)
+        _fsync_dir(self.dir)
+        return [{"kind": "segment", "segment": seg, "frames": n}, *pieces]
+
+    def close(self) -> None:
+        """Commit what is buffered (unfinished videos keep their committed frames for resume)."""
+        if self._lock_fd < 0:
+            return
+        try:
+            self.commit()
+        finally:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def abort(self) -> None:
+        """Release the shard without committing buffered frames."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Even on an error, what is buffered is consistent: finished videos are worth keeping.
+        try:
+            self.close()
+        finally:
+            self.abort()
+
+
+def _fsync_tree(path: Path) -> None:
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,267 @@
+"""Image encoders that turn frames into ``1 + k*k`` tokens: [CLS, k x k pooled patch grid].
+
+An encoder is a config dataclass plus a builder registered for that dataclass. Two
+architectures: SigLIP through transformers (CLS = ``pooler_output``, the attention-pooling head)
+and CLIP ViTs through open_clip (CLS = the class token after ``ln_post``, before projection).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+Autocast = Literal["auto", "off", "bfloat16", "float16"]
+
+
+@dataclass(frozen=True)
+class SiglipConfig:
+    """SigLIP vision tower via transformers. ``pretrained``: a hub id or a local directory."""
+
+    pretrained: str = "google/siglip-large-patch16-384"
+    pool: int = 3
+    device: str = "auto"
+    autocast: Autocast = "auto"
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """A CLIP ViT via open_clip.
+
+    ``model``: an open_clip model name (``ViT-L-14-336``, ``ViT-B-16``) or ``hf-hub:org/repo``;
+    ``pretrained``: an open_clip tag (``openai``), a local checkpoint file, or ``None`` for random
+    weights; ``model_config``: a JSON file or folder of extra open_clip model configs to register.
+    """
+
+    model: str = "ViT-L-14-336"
+    pretrained: str | None = "openai"
+    model_config: str | None = None
+    pool: int = 3
+    device: str = "auto"
+    autocast: Autocast = "auto"
+
+
+EncoderConfig = SiglipConfig | ClipConfig
+
+
+class EncoderLoadError(RuntimeError):
+    pass
+
+
+def pool_tokens(cls_token: torch.Tensor, patches: torch.Tensor, pool: int) -> torch.Tensor:
+    """``[cls, k x k average-pooled patch grid]`` -> ``(B, 1 + k*k, C)``, grid cells row-major.
+
+    ``patches`` is ``(B, G*G, C)`` in row-major grid order; ``pool`` must divide ``G``
+    (``pool=0`` keeps only CLS; ``pool=G`` keeps every patch).
+    """
+    b, n, c = patches.shape
+    grid = math.isqrt(n)
+    if grid * grid != n:
+        raise ValueError(f"patch tokens do not form a square grid: {n} tokens")
+    if pool == 0:
+        return cls_token[:, None, :]
+    if pool < 0 or grid % pool:
+        valid = [k for k in range(grid + 1) if k == 0 or grid % k == 0]
+        raise ValueError(
+            f"encoder.pool={pool} does not divide the {grid}x{grid} patch grid; "
+            f"valid values: {valid}"
+        )
+    x = patches.reshape(b, grid, grid, c).permute(0, 3, 1, 2)
+    x = torch.nn.functional.adaptive_avg_pool2d(x, pool)
+    x = x.flatten(2).transpose(1, 2)  # (B, k*k, C), row by row
+    return torch.cat([cls_token[:, None, :], x], dim=1)
+
+
+class Encoder:
+    """A loaded encoder: ``encode(uint8 (B, 3, S, S)) -> float32 (B, tokens, dim)``."""
+
+    def __init__(
+        self,
+        *,
+        forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        module: torch.nn.Module,
+        image_size: int,
+        dim: int,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        pool: int,
+        device: torch.device,
+        autocast: Autocast,
+        provenance: dict[str, Any],
+    ) -> None:
+        self._forward = forward
+        self.module = module.eval().requires_grad_(False).to(device)
+        self.image_size = image_size
+        self.dim = dim
+        self.pool = pool
+        self.tokens_per_frame = 1 + pool * pool
+        self.device = device
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        if autocast == "auto":
+            autocast = "bfloat16" if device.type == "cuda" else "off"
+        self.autocast = autocast
+        self.provenance = provenance
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Tokens for uint8 frames already resized/padded to ``image_size``."""
+        if pixels.dtype != torch.uint8 or pixels.shape[1:] != (3, self.image_size, self.image_size):
+            raise ValueError(
+                f"expected uint8 (B, 3, {self.image_size}, {self.image_size}) frames, "
+                f"got {pixels.dtype} {tuple(pixels.shape)}"
+            )
+        with torch.inference_mode():
+            x = pixels.to(self.device, non_blocking=True).float().div_(255)
+            x = (x - self.mean) / self.std
+            if self.autocast == "off":
+                cls_token, patches = self._forward(x)
+            else:
+                dtype = torch.bfloat16 if self.autocast == "bfloat16" else torch.float16
+                with torch.autocast(self.device.type, dtype=dtype):
+                    cls_token, patches = self._forward(x)
+            return pool_tokens(cls_token.float(), patches.float(), self.pool)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _is_local(ref: str) -> bool:
+    return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists()
+
+
+def build_siglip(cfg: SiglipConfig) -> Encoder:
+    """Load a SigLIP vision tower from a hub id or local directory (full SigLIP or vision-only)."""
+    from transformers import SiglipVisionModel
+
+    ref = cfg.pretrained
+    if _is_local(ref) and not Path(ref).expanduser().is_dir():
+        raise EncoderLoadError(
+            f"encoder.pretrained={ref!r}: no such directory (a SigLIP checkpoint folder with "
+            f"config.json, or a hub id like google/siglip-large-patch16-384)"
+        )
+    try:
+        model = SiglipVisionModel.from_pretrained(
+            str(Path(ref).expanduser()) if _is_local(ref) else ref
+        )
+    except (OSError, ValueError) as e:
+        raise EncoderLoadError(
+            f"cannot load SigLIP weights {ref!r}: {' '.join(str(e).split())[:300]}. "
+            f"Set encoder.pretrained=<hub id or local directory with the checkpoint>"
+        ) from None
+    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    try:  # a saved image processor overrides the SigLIP defaults
+        from transformers import AutoImageProcessor
+
+        proc = AutoImageProcessor.from_pretrained(ref)
+        mean, std = tuple(proc.image_mean), tuple(proc.image_std)  # type: ignore[assignment]
+    except Exception:  # noqa: BLE001 - no processor saved: the SigLIP defaults apply
+        pass
+    vcfg = model.config
+
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(pixel_values=x)
+        return out.pooler_output, out.last_hidden_state
+
+    return Encoder(
+        forward=forward,
+        module=model,
+        image_size=int(vcfg.image_size),  # type: ignore[arg-type]
+        dim=int(vcfg.hidden_size),
+        mean=mean,
+        std=std,
+        pool=cfg.pool,
+        device=_device(cfg.device),
+        autocast=cfg.autocast,
+        provenance={"weights": ref, "architecture": type(model).__name__},
+    )
+
+
+def build_clip(cfg: ClipConfig) -> Encoder:
+    """Load an open_clip ViT; CLS and patch tokens are taken from ``ln_post``'s output."""
+    import open_clip
+
+    if cfg.model_config:
+        path = Path(cfg.model_config).expanduser()
+        if not path.exists():
+            raise EncoderLoadError(f"encoder.model_config={cfg.model_config!r} does not exist")
+        open_clip.add_model_config(path)
+    name = cfg.model
+    known = open_clip.list_models()
+    if not name.startswith("hf-hub:") and name not in known:
+        raise EncoderLoadError(
+            f"encoder.model={name!r} is not an open_clip model; e.g. ViT-B-16, ViT-L-14-336 "
+            f"(all: open_clip.list_models()), hf-hub:<org/repo>, or register a config with "
+            f"encoder.model_config=<json>"
+        )
+    pretrained = cfg.pretrained
+    if pretrained and _is_local(pretrained) and not Path(pretrained).expanduser().is_file():
+        raise EncoderLoadError(f"encoder.pretrained={pretrained!r}: no such checkpoint file")
+    try:
+        model = open_clip.create_model(
+            name, pretrained=pretrained if not name.startswith("hf-hub:") else None
+        )
+    except Exception as e:  # noqa: BLE001 - open_clip raises many kinds for a bad tag or hub
+        raise EncoderLoadError(
+            f"cannot load open_clip {name!r} with pretrained={pretrained!r}: "
+            f"{' '.join(str(e).split())[:300]}. Set encoder.pretrained=<tag, hf-hub id or local "
+            f"checkpoint file>"
+        ) from None
+    visual = model.visual
+    if getattr(visual, "attn_pool", None) is not None or not hasattr(visual, "ln_post"):
+        raise EncoderLoadError(f"open_clip model {name!r} has no class token to keep")
+    if getattr(visual, "final_ln_after_pool", False):
+        raise EncoderLoadError(f"open_clip model {name!r} normalises after pooling; unsupported")
+    captured: dict[str, torch.Tensor] = {}
+    visual.ln_post.register_forward_hook(lambda m, i, o: captured.__setitem__("x", o))
+
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        visual(x)
+        h = captured.pop("x")  # (B, 1 + G*G, C), class token first
+        return h[:, 0], h[:, 1:]
+
+    size = visual.image_size
+    image_size = int(size[0] if isinstance(size, (tuple, list)) else size)  # type: ignore[call-overload,arg-type]
+    return Encoder(
+        forward=forward,
+        module=visual,
+        image_size=image_size,
+        dim=int(visual.ln_post.normalized_shape[0]),
+        mean=tuple(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN),  # type: ignore[arg-type]
+        std=tuple(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD),  # type: ignore[arg-type]
+        pool=cfg.pool,
+        device=_device(cfg.device),
+        autocast=cfg.autocast,
+        provenance={"weights": pretrained or "random-init", "architecture": name},
+    )
+
+
+BUILDERS: dict[type, Callable[[Any], Encoder]] = {
+    SiglipConfig: build_siglip,
+    ClipConfig: build_clip,
+}
+
+
+def build_encoder(cfg: EncoderConfig) -> Encoder:
+    """Build the encoder a config describes (dispatch on the config's type)."""
+    try:
+        builder = BUILDERS[type(cfg)]
+    except KeyError:
+        raise TypeError(
+            f"no encoder builder for {type(cfg).__name__}; valid: {[c.__name__ for c in BUILDERS]}"
+        ) from None
+    return builder(cfg)
+
+
+def describe(cfg: EncoderConfig) -> dict[str, Any]:
+    """The config as a plain dict (what the store records as the features' identity)."""
+    d = asdict(cfg)
+    d.pop("device", None)  # where it ran does not change what the features mean
+    d["type"] = type(cfg).__name__
+    return d

@@ -1,0 +1,165 @@
+"""Frames at an exact rate, by timestamp, with torchcodec, in bounded chunks.
+
+The sampling rule: for ``t = begin + k / fps`` (``k = 0, 1, ...``) while ``t < end`` of the video
+stream, take the frame displayed at ``t`` (the last frame whose pts is ``<= t``). No re-encode;
+correct for variable frame rate; a video shorter than ``1 / fps`` gives one frame.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+SeekMode = Literal["exact", "approximate"]
+
+
+@dataclass(frozen=True)
+class VideoProbe:
+    """What the decoder says about a video stream (display dims, after rotation)."""
+
+    width: int
+    height: int
+    begin_stream_seconds: float
+    end_stream_seconds: float
+    average_fps: float | None
+    codec: str | None
+    rotation: float | None
+
+    @property
+    def duration_seconds(self) -> float:
+        return self.end_stream_seconds - self.begin_stream_seconds
+
+
+def sample_times(begin_seconds: float, end_seconds: float, fps: float) -> np.ndarray:
+    """The sampling times ``begin + k / fps`` that are ``< end`` (at least one if end > begin)."""
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    span = end_seconds - begin_seconds
+    if not span > 0:
+        return np.zeros((0,), np.float64)
+    # The tolerance keeps an exact multiple (e.g. 10 s at 2 fps) from gaining a frame at t == end.
+    n = max(1, math.ceil(span * fps - 1e-9))
+    return begin_seconds + np.arange(n, dtype=np.float64) / fps
+
+
+def resize_pad(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize uint8 ``(N, 3, H, W)`` frames so the longer side is ``size`` (bicubic, antialiased,
+    aspect kept), then centre them on a black ``size x size`` square (padding on uint8 pixels)."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as tvf
+
+    n, c, h, w = frames.shape
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) != (h, w):
+        frames = tvf.resize(
+            frames, [nh, nw], interpolation=InterpolationMode.BICUBIC, antialias=True
+        )
+    if nh == nw == size:
+        return frames.contiguous()
+    out = torch.zeros((n, c, size, size), dtype=frames.dtype, device=frames.device)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[:, :, top : top + nh, left : left + nw] = frames
+    return out
+
+
+class FrameReader:
+    """Decode the sampled frames of one video in chunks that never exceed a memory budget.
+
+    Opening probes the stream (raising a ``ValueError`` with a readable reason for files that
+    are not videos); iterating yields ``(frames uint8 (n, 3, size, size), pts_seconds (n,))``.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        fps: float,
+        size: int,
+        chunk_frames: int = 32,
+        budget_mb: float = 256.0,
+        threads: int = 1,
+        seek_mode: SeekMode = "exact",
+        device: str = "cpu",
+    ) -> None:
+        from torchcodec.decoders import VideoDecoder
+
+        self.path = Path(path)
+        self.fps = fps
+        self.size = size
+        _check_readable(self.path)
+        try:
+            self.decoder = VideoDecoder(
+                str(self.path),
+                seek_mode=seek_mode,
+                num_ffmpeg_threads=threads,
+                device=device,
+            )
+        except Exception as e:  # noqa: BLE001 - torchcodec raises several types with ffmpeg's text
+            raise ValueError(f"cannot open as a video: {_one_line(e)}") from None
+        md = self.decoder.metadata
+        begin = md.begin_stream_seconds
+        end = md.end_stream_seconds
+        if begin is None or end is None or md.width is None or md.height is None:
+            raise ValueError("video stream has no usable duration or size")
+        self.probe = VideoProbe(
+            width=int(md.width),
+            height=int(md.height),
+            begin_stream_seconds=float(begin),
+            end_stream_seconds=float(end),
+            average_fps=float(md.average_fps) if md.average_fps else None,
+            codec=md.codec,
+            rotation=md.rotation,
+        )
+        self.times = sample_times(
+            self.probe.begin_stream_seconds, self.probe.end_stream_seconds, fps
+        )
+        if len(self.times) == 0:
+            raise ValueError(f"video stream is empty (begin {begin} s, end {end} s)")
+        frame_bytes = 3 * self.probe.width * self.probe.height
+        # Full-size decoded frames are what costs memory (a 4K frame is 25 MB): cap the chunk.
+        self.chunk_frames = max(1, min(chunk_frames, int(budget_mb * 2**20 // frame_bytes)))
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.times)
+
+    def chunks(self, start_frame: int = 0) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """Yield the sampled frames from ``start_frame`` on, ``chunk_frames`` at a time."""
+        for lo in range(start_frame, self.num_frames, self.chunk_frames):
+            ts = self.times[lo : lo + self.chunk_frames]
+            try:
+                batch = self.decoder.get_frames_played_at(seconds=ts.tolist())
+            except Exception as e:  # noqa: BLE001 - reported as this video's failure
+                raise ValueError(
+                    f"decoding failed at {ts[0]:.3f}-{ts[-1]:.3f} s "
+                    f"(frames {lo}-{lo + len(ts) - 1} of {self.num_frames}): {_one_line(e)}"
+                ) from None
+            frames = resize_pad(batch.data, self.size)
+            yield frames, batch.pts_seconds.numpy().astype(np.float64)
+
+
+def _check_readable(path: Path) -> None:
+    # Clear reasons for the common cases, before ffmpeg turns them into a generic error.
+    if not path.exists():
+        raise ValueError(f"missing path: {path}")
+    if not path.is_file():
+        raise ValueError(f"not a regular file: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"empty file (0 bytes): {path}")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except PermissionError as e:
+        raise ValueError(f"permission denied: {path} ({e.strerror})") from None
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:500]}"

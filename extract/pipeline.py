@@ -1,0 +1,278 @@
+"""Decode -> encode -> sink, with decoding of the next frames overlapping encoding of these.
+
+A producer thread decodes videos in order into a bounded queue (so memory stays flat); the
+calling thread batches frames across videos (short clips fill a batch together), encodes them and
+hands tokens to a sink. One video failing (unreadable, decode error mid-way, non-finite tokens)
+is reported to the sink and never stops the others.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from extract.encoders import Encoder
+from extract.frames import FrameReader, SeekMode, VideoProbe
+
+OutDtype = Literal["float16", "bfloat16"]
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    video_id: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How frames are sampled and decoded. ``size=None`` means the encoder's input size."""
+
+    fps: float = 2.0
+    size: int | None = None
+    chunk_frames: int = 32
+    budget_mb: float = 256.0
+    threads: int = 1
+    seek_mode: SeekMode = "exact"
+    device: str = "cpu"
+    queue_chunks: int = 4
+
+
+class Sink(Protocol):
+    """Where the pipeline sends results (``cache.ShardWriter`` behind a thin adapter)."""
+
+    def start(self, video_id: str) -> int:
+        """Begin a video; return how many leading frames are already stored (resume point)."""
+        ...
+
+    def write(self, video_id: str, tokens: np.ndarray, pts_seconds: np.ndarray) -> None: ...
+
+    def finish(self, video_id: str, record: dict[str, Any]) -> None: ...
+
+    def fail(self, video_id: str, record: dict[str, Any], error: str) -> None: ...
+
+
+@dataclass
+class _Frames:
+    video_id: str
+    frames: torch.Tensor
+    pts: np.ndarray
+    record: dict[str, Any]
+
+
+@dataclass
+class _End:
+    video_id: str
+    record: dict[str, Any]
+
+
+@dataclass
+class _Fail:
+    video_id: str
+    record: dict[str, Any]
+    error: str
+
+
+_DONE = object()
+
+
+def probe_record(task: VideoTask, probe: VideoProbe | None, fps: float) -> dict[str, Any]:
+    """The index fields known about a video from its probe."""
+    rec: dict[str, Any] = {"source_path": str(task.path), "fps": fps}
+    if probe is not None:
+        rec.update(
+            width=probe.width,
+            height=probe.height,
+            rotation=probe.rotation,
+            codec=probe.codec,
+            source_fps=probe.average_fps,
+            begin_seconds=probe.begin_stream_seconds,
+            end_seconds=probe.end_stream_seconds,
+            duration_seconds=probe.duration_seconds,
+        )
+    return rec
+
+
+def to_storage(tokens: torch.Tensor, dtype: OutDtype) -> np.ndarray:
+    """float tokens -> float16, or bfloat16 bit patterns as uint16 (NumPy lacks bfloat16)."""
+    if dtype == "float16":
+        return tokens.to(torch.float16).cpu().numpy()
+    return tokens.to(torch.bfloat16).view(torch.uint16).cpu().numpy()
+
+
+class ExtractPipeline:
+    """Runs tasks through decode and ``encoder`` into ``sink``, reporting to ``on_event``.
+
+    ``on_event(kind, video_id, frames)`` is called with kind ``"done"``/``"failed"``/``"frames"``.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        sink: Sink,
+        *,
+        decode: DecodeOptions,
+        batch_frames: int = 32,
+        out_dtype: OutDtype = "float16",
+        on_event: Any = None,
+    ) -> None:
+        self.encoder = encoder
+        self.sink = sink
+        self.decode = decode
+        self.size = decode.size or encoder.image_size
+        if self.size != encoder.image_size:
+            raise ValueError(
+                f"frame size {self.size} != encoder input size {encoder.image_size}; "
+                f"leave the frame size unset to use the encoder's"
+            )
+        self.batch_frames = batch_frames
+        self.out_dtype = out_dtype
+        self.on_event = on_event or (lambda kind, vid, n: None)
+        self.decode_seconds = 0.0
+        self.encode_seconds = 0.0
+        self._failed: set[str] = set()  # videos already reported failed mid-stream
+        self._sink_lock = threading.Lock()  # the producer starts videos while we write others
+
+    # -- producer --------------------------------------------------------------------------
+
+    def _produce(self, tasks: Sequence[VideoTask], out: queue.Queue, stop: threading.Event) -> None:
+        def put(item: object) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for task in tasks:
+                if stop.is_set():
+                    return
+                self._produce_one(task, put)
+        finally:
+            put(_DONE)
+
+    def _produce_one(self, task: VideoTask, put: Any) -> None:
+        opts = self.decode
+        probe = None
+        try:
+            with self._sink_lock:
+                start = self.sink.start(task.video_id)
+            reader = FrameReader(
+                task.path,
+                fps=opts.fps,
+                size=self.size,
+                chunk_frames=opts.chunk_frames,
+                budget_mb=opts.budget_mb,
+                threads=opts.threads,
+                seek_mode=opts.seek_mode,
+                device=opts.device,
+            )
+            probe = reader.probe
+            rec = probe_record(task, probe, opts.fps)
+            rec["num_frames"] = reader.num_frames
+            chunks = reader.chunks(start)
+            while True:
+                t0 = time.perf_counter()
+                item = next(chunks, None)
+                self.decode_seconds += time.perf_counter() - t0
+                if item is None:
+                    break
+                frames, pts = item
+                if not put(_Frames(task.video_id, frames, pts, rec)):
+                    return
+            put(_End(task.video_id, rec))
+        except Exception as e:  # noqa: BLE001 - every per-video failure is recorded, not raised
+            msg = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            put(_Fail(task.video_id, probe_record(task, probe, opts.fps), msg))
+
+    # -- consumer --------------------------------------------------------------------------
+
+    def run(self, tasks: Iterable[VideoTask]) -> None:
+        """Process every task; returns when all are finished or failed."""
+        tasks = list(tasks)
+        q: queue.Queue = queue.Queue(maxsize=max(1, self.decode.queue_chunks))
+        stop = threading.Event()
+        producer = threading.Thread(target=self._produce, args=(tasks, q, stop), daemon=True)
+        producer.start()
+        pending: list[Any] = []
+        pending_frames = 0
+        try:
+            while True:
+                item = q.get()
+                if item is _DONE:
+                    break
+                pending.append(item)
+                if isinstance(item, _Frames):
+                    pending_frames += len(item.frames)
+                if pending_frames >= self.batch_frames:
+                    self._flush(pending)
+                    pending, pending_frames = [], 0
+            self._flush(pending)
+        finally:
+            stop.set()
+            producer.join()
+
+    def _flush(self, events: list[Any]) -> None:
+        """Encode all frames in ``events`` in batches, then deliver events in order."""
+        frame_events = [e for e in events if isinstance(e, _Frames)]
+        failed: dict[str, str] = {}
+        tokens: dict[int, np.ndarray] = {}
+        if frame_events:
+            allframes = torch.cat([e.frames for e in frame_events])
+            owners = np.repeat(np.arange(len(frame_events)), [len(e.frames) for e in frame_events])
+            t0 = time.perf_counter()
+            outs = []
+            try:
+                for lo in range(0, len(allframes), self.batch_frames):
+                    outs.append(self.encoder.encode(allframes[lo : lo + self.batch_frames]))
+                encoded = torch.cat(outs)
+            except Exception as e:  # noqa: BLE001 - an encoder error fails these videos only
+                for ev in frame_events:
+                    failed[ev.video_id] = f"encoder failed: {type(e).__name__}: {e}"
+                encoded = None
+            self.encode_seconds += time.perf_counter() - t0
+            if encoded is not None:
+                for i, ev in enumerate(frame_events):
+                    out = to_storage(encoded[owners == i], self.out_dtype)
+                    check = out if self.out_dtype == "float16" else encoded[owners == i].numpy()
+                    if not np.isfinite(check).all():
+                        failed.setdefault(
+                            ev.video_id,
+                            f"non-finite token values after casting to {self.out_dtype} "
+                            "(float16 overflow?); try the bfloat16 store dtype",
+                        )
+                    tokens[i] = out
+        with self._sink_lock:
+            self._deliver(events, tokens, failed)
+
+    def _deliver(
+        self, events: list[Any], tokens: dict[int, np.ndarray], failed: dict[str, str]
+    ) -> None:
+        k = 0
+        for ev in events:
+            vid = ev.video_id
+            i = -1
+            if isinstance(ev, _Frames):
+                i, k = k, k + 1
+            if vid in self._failed:
+                continue  # reported already; drop what its decoder had queued
+            if vid in failed or isinstance(ev, _Fail):
+                error = failed.get(vid) or ev.error
+                self._failed.add(vid)
+                self.sink.fail(vid, ev.record, error)
+                self.on_event("failed", vid, 0)
+            elif isinstance(ev, _Frames):
+                self.sink.write(vid, tokens[i], ev.pts)
+                self.on_event("frames", vid, len(ev.pts))
+            else:
+                self.sink.finish(vid, ev.record)
+                self.on_event("done", vid, ev.record["num_frames"])

@@ -1,0 +1,1 @@
+"""Jobs (extract, status, verify) and launchers: the only layer that knows about configs."""

@@ -1,0 +1,315 @@
+"""The extract job: videos -> tokens in a store, sharded, resumable, never losing work."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cache import ShardWriter, StoreLayout, init_store, load_index
+from extract.encoders import (
+    ClipConfig,
+    Encoder,
+    EncoderConfig,
+    SiglipConfig,
+    build_encoder,
+    describe,
+)
+from extract.frames import SeekMode
+from extract.pipeline import DecodeOptions, ExtractPipeline, VideoTask
+from jobs.inputs import VideoInput, resolve_videos
+from jobs.launchers import LocalLauncher
+from jobs.provenance import provenance
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtractSpec:
+    """Everything a shard task needs: plain, picklable values (sent to workers as is)."""
+
+    store: str
+    videos: tuple[VideoInput, ...]
+    encoder: EncoderConfig
+    decode: DecodeOptions
+    batch_frames: int
+    dtype: Literal["float16", "bfloat16"]
+    chunk_frames: int
+    shard_frames: int
+    segment_frames: int
+    commit_interval_s: float
+    retry_failed: bool
+    encode_threads: int | None
+    progress: bool = True
+
+
+@dataclass
+class ShardResult:
+    shard: int
+    shard_count: int
+    assigned: int
+    skipped: int = 0
+    done: int = 0
+    failed: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=2)
+def _encoder(cfg: EncoderConfig) -> Encoder:
+    # One load per worker process, however many shards it runs.
+    return build_encoder(cfg)
+
+
+def features_of(spec: ExtractSpec, encoder: Encoder) -> dict[str, Any]:
+    """What determines the numbers in the store (a store refuses runs that differ)."""
+    return {
+        "encoder": describe(spec.encoder),
+        "weights": encoder.provenance.get("weights"),
+        "architecture": encoder.provenance.get("architecture"),
+        "fps": spec.decode.fps,
+        "frame_size": encoder.image_size,
+        "frames": "frame displayed at begin + k/fps, k >= 0, while < end of stream",
+        "resize": "long side to frame_size, bicubic antialiased, centred zero padding on uint8",
+        "normalize": {
+            "mean": encoder.mean.flatten().tolist(),
+            "std": encoder.std.flatten().tolist(),
+        },
+        "tokens": f"[CLS] + {encoder.pool}x{encoder.pool} avg-pooled patch grid, row-major",
+        "tokens_per_frame": encoder.tokens_per_frame,
+        "dim": encoder.dim,
+        "dtype": spec.dtype,
+    }
+
+
+def run_shard(spec: ExtractSpec, shard: int, shard_count: int) -> ShardResult:
+    """Extract shard ``shard`` of ``shard_count``: a pure function of its index.
+
+    Writes only its own shard of the store; skips videos the index already has as done (and
+    failed ones unless ``retry_failed``); resumes a video mid-way where frames were committed.
+    """
+    t0 = time.perf_counter()
+    mine = spec.videos[shard::shard_count]
+    result = ShardResult(shard, shard_count, assigned=len(mine))
+    known = load_index(Path(spec.store)).videos if (Path(spec.store) / "zarr.json").exists() else {}
+    todo = []
+    for v in mine:
+        entry = known.get(v.video_id)
+        if entry is not None and (
+            entry.status == "done" or (entry.status == "failed" and not spec.retry_failed)
+        ):
+            result.skipped += 1
+        else:
+            todo.append(VideoTask(v.video_id, v.path))
+    if not todo:
+        return result
+    if spec.encode_threads:
+        import torch
+
+        torch.set_num_threads(spec.encode_threads)
+    encoder = _encoder(spec.encoder)
+    layout = StoreLayout(
+        tokens_per_frame=encoder.tokens_per_frame,
+        dim=encoder.dim,
+        dtype=spec.dtype,
+        chunk_frames=spec.chunk_frames,
+        shard_frames=spec.shard_frames,
+        segment_frames=spec.segment_frames,
+    )
+    prov = {**provenance(), "encoder": encoder.provenance, "autocast": encoder.autocast}
+    init_store(spec.store, layout=layout, features=features_of(spec, encoder), provenance=prov)
+    bar = _progress(len(todo), shard, shard_count, enabled=spec.progress)
+    frames_t0 = time.perf_counter()
+
+    def on_event(kind: str, video_id: str, frames: int) -> None:
+        if kind == "frames":
+            result.frames += frames
+            bar.set_postfix(
+                fps=f"{result.frames / max(1e-9, time.perf_counter() - frames_t0):.1f}",
+                failed=result.failed,
+                refresh=False,
+            )
+        elif kind == "done":
+            result.done += 1
+            bar.update(1)
+        else:
+            result.failed += 1
+            bar.set_postfix(failed=result.failed, refresh=False)
+            bar.update(1)
+
+    with ShardWriter(
+        spec.store, shard, commit_interval_s=spec.commit_interval_s, provenance=prov
+    ) as writer:
+        pipe = ExtractPipeline(
+            encoder,
+            writer,
+            decode=spec.decode,
+            batch_frames=spec.batch_frames,
+            out_dtype=spec.dtype,
+            on_event=on_event,
+        )
+        pipe.run(todo)
+    bar.close()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _progress(total: int, shard: int, shard_count: int, *, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    desc = "extract" if shard_count == 1 else f"extract shard {shard}/{shard_count}"
+    return tqdm(total=total, desc=desc, unit="video", disable=not enabled, mininterval=1.0)
+
+
+class ExtractJob:
+    """``python run.py job=extract videos=... store=... encoder=siglip|clip``."""
+
+    def __init__(
+        self,
+        *,
+        videos: str,
+        store: str,
+        encoder: SiglipConfig | ClipConfig,
+        launcher: LocalLauncher,
+        videos_root: str | None = None,
+        fps: float = 2.0,
+        size: int | None = None,
+        batch_frames: int = 32,
+        dtype: Literal["float16", "bfloat16"] = "float16",
+        decode_threads: int = 1,
+        decode_chunk_frames: int = 32,
+        decode_budget_mb: float = 256.0,
+        decode_device: str = "cpu",
+        seek_mode: SeekMode = "exact",
+        queue_chunks: int = 4,
+        encode_threads: int | None = None,
+        chunk_frames: int = 8,
+        shard_frames: int = 1024,
+        segment_frames: int = 4096,
+        commit_interval_s: float = 60.0,
+        retry_failed: bool = True,
+        progress: bool = True,
+    ) -> None:
+        if fps <= 0:
+            raise ValueError(f"job.fps must be > 0, got {fps}")
+        if dtype not in ("float16", "bfloat16"):
+            raise ValueError(f"job.dtype must be float16 or bfloat16, got {dtype!r}")
+        self.launcher = launcher
+        self.videos = videos
+        self.videos_root = videos_root
+        self.store = store
+        self._spec_args = dict(
+            store=str(store),
+            encoder=encoder,
+            decode=DecodeOptions(
+                fps=fps,
+                size=size,
+                chunk_frames=decode_chunk_frames,
+                budget_mb=decode_budget_mb,
+                threads=decode_threads,
+                seek_mode=seek_mode,
+                device=decode_device,
+                queue_chunks=queue_chunks,
+            ),
+            batch_frames=batch_frames,
+            dtype=dtype,
+            chunk_frames=chunk_frames,
+            shard_frames=shard_frames,
+            segment_frames=segment_frames,
+            commit_interval_s=commit_interval_s,
+            retry_failed=retry_failed,
+            encode_threads=encode_threads,
+            progress=progress,
+        )
+        StoreLayout(1, 1, dtype, chunk_frames, shard_frames, segment_frames)  # validate early
+
+    def run(self) -> int:
+        t0 = time.perf_counter()
+        inputs = resolve_videos(self.videos, self.videos_root)
+        spec = ExtractSpec(videos=tuple(inputs), **self._spec_args)  # type: ignore[arg-type]
+        before = _statuses(spec.store)
+        shards = min(self.launcher.shard_count, len(inputs))
+        print(
+            f"extract: {len(inputs)} videos -> {spec.store} ({shards} shard(s), "
+            f"{type(self.launcher).__name__})",
+            file=sys.stderr,
+        )
+        results = self.launcher.run(functools.partial(run_shard, spec), shards)
+        summary = summarize(spec.store, inputs, before, results, time.perf_counter() - t0)
+        print(format_summary(summary))
+        return 1 if summary["failed"] or summary["missing"] else 0
+
+
+def _statuses(store: str) -> dict[str, str]:
+    if not (Path(store) / "zarr.json").exists():
+        return {}
+    return {vid: e.status for vid, e in load_index(Path(store)).videos.items()}
+
+
+def summarize(
+    store: str,
+    inputs: list[VideoInput],
+    before: dict[str, str],
+    results: Sequence[ShardResult | None],
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """Counts for this run's inputs, read back from the index (the source of truth)."""
+    index = load_index(Path(store)).videos if (Path(store) / "zarr.json").exists() else {}
+    done = skipped = frames = 0
+    failures: dict[str, str] = {}
+    missing = []
+    for v in inputs:
+        e = index.get(v.video_id)
+        if e is None:
+            missing.append(v.video_id)  # not processed (a worker died before reaching it)
+        elif e.status == "done":
+            if before.get(v.video_id) == "done":
+                skipped += 1
+            else:
+                done += 1
+                frames += int(e.record["num_frames"])
+        else:
+            failures[v.video_id] = f"{e.record.get('source_path')}: {e.record.get('error')}"
+    return {
+        "store": str(Path(store).absolute()),
+        "videos": len(inputs),
+        "done": done,
+        "skipped": skipped,
+        "failed": len(failures),
+        "failures": failures,
+        "missing": missing,
+        "frames": frames,
+        "wall_seconds": round(wall_seconds, 2),
+        "frames_per_second": round(frames / wall_seconds, 2) if wall_seconds > 0 else None,
+        "shards": [asdict(r) for r in results if r is not None],
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [
+        f"extract summary: {s['videos']} videos: {s['done']} done, {s['skipped']} skipped "
+        f"(already complete), {s['failed']} failed, {len(s['missing'])} not processed; "
+        f"{s['frames']} frames in {s['wall_seconds']:.1f} s ({s['frames_per_second']} frames/s)",
+    ]
+    for vid, why in sorted(s["failures"].items()):
+        lines.append(f"  FAILED {vid}: {why}")
+    for vid in s["missing"]:
+        lines.append(f"  NOT PROCESSED {vid} (rerun the same command to finish)")
+    lines.append(f"store: {s['store']}")
+    return "\n".join(lines)
+
+
+def expected_frames(record: dict[str, Any]) -> int:
+    """Frames the sampling rule gives for a video's recorded stream bounds."""
+    from extract.frames import sample_times
+
+    return len(sample_times(record["begin_seconds"], record["end_seconds"], record["fps"]))
+
+
+__all__ = ["ExtractJob", "ExtractSpec", "ShardResult", "expected_frames", "run_shard"]

@@ -1,0 +1,110 @@
+"""``job=status``: what a store holds, what failed and why, what is still in progress."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from cache import load_index, read_store_attrs
+from cache.journal import read_journal
+
+
+def store_status(store: str | Path) -> dict[str, Any]:
+    """Counts per status and per shard, failures with reasons, videos mid-way."""
+    root = Path(store)
+    attrs = read_store_attrs(root)
+    index = load_index(root)
+    by_status = Counter(e.status for e in index.videos.values())
+    frames = sum(int(e.record["num_frames"]) for e in index.videos.values() if e.status == "done")
+    shards: dict[int, dict[str, Any]] = {}
+    for e in index.videos.values():
+        s = shards.setdefault(e.shard, {"done": 0, "failed": 0, "frames": 0})
+        s[e.status] += 1
+        s["frames"] += int(e.record.get("num_frames", 0)) if e.status == "done" else 0
+    for journal in sorted((root / "index").glob("shard-*.jsonl")):
+        shard = int(journal.stem.split("-")[1])
+        runs = [r for r in read_journal(journal) if r["kind"] == "run"]
+        if runs:
+            s = shards.setdefault(shard, {"done": 0, "failed": 0, "frames": 0})
+            s["last_run_started_at"] = runs[-1]["started_at"]
+            s["runs"] = len(runs)
+        lock = root / "shards" / f"{shard:05d}" / ".lock"
+        s = shards.setdefault(shard, {"done": 0, "failed": 0, "frames": 0})
+        s["writing"] = _locked(lock)
+    return {
+        "store": str(root.absolute()),
+        "features": attrs["features"],
+        "videos": len(index.videos),
+        "done": by_status.get("done", 0),
+        "failed": by_status.get("failed", 0),
+        "frames": frames,
+        "in_progress": {v: p.frames for v, p in index.partial.items()},
+        "failures": {
+            v: str(e.record.get("error")) for v, e in index.videos.items() if e.status == "failed"
+        },
+        "shards": shards,
+        "problems": index.problems,
+    }
+
+
+def _locked(lock: Path) -> bool:
+    """Whether a live writer holds a shard (its flock is released when the process dies)."""
+    import fcntl
+    import os
+
+    if not lock.exists():
+        return False
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def format_status(s: dict[str, Any]) -> str:
+    f = s["features"]
+    lines = [
+        f"store: {s['store']}",
+        f"features: {f['encoder']['type']} {f['weights']} @ {f['fps']} fps, "
+        f"{f['tokens_per_frame']} x {f['dim']} {f['dtype']}",
+        f"videos: {s['videos']} indexed: {s['done']} done, {s['failed']} failed; "
+        f"{s['frames']} frames; {len(s['in_progress'])} in progress",
+    ]
+    now = time.time()
+    for shard, st in sorted(s["shards"].items()):
+        age = (
+            f", last run {now - st['last_run_started_at']:.0f} s ago"
+            if "last_run_started_at" in st
+            else ""
+        )
+        state = "writing" if st.get("writing") else "idle"
+        lines.append(
+            f"  shard {shard:5d}: {st['done']} done, {st['failed']} failed, "
+            f"{st['frames']} frames, {state}{age}"
+        )
+    for vid, frames in sorted(s["in_progress"].items()):
+        lines.append(f"  IN PROGRESS {vid}: {frames} frames committed")
+    for vid, why in sorted(s["failures"].items()):
+        lines.append(f"  FAILED {vid}: {why}")
+    for p in s["problems"]:
+        lines.append(f"  PROBLEM {p}")
+    return "\n".join(lines)
+
+
+class StatusJob:
+    """``python run.py job=status store=...`` (``json=true`` prints machine-readable JSON)."""
+
+    def __init__(self, *, store: str, json: bool = False) -> None:
+        self.store = store
+        self.as_json = json
+
+    def run(self) -> int:
+        s = store_status(self.store)
+        print(json.dumps(s, indent=1, default=str) if self.as_json else format_status(s))
+        return 1 if s["failed"] or s["problems"] else 0

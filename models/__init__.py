@@ -1,0 +1,1 @@
+"""The LIVE streaming model (training and evaluation issues build it here)."""
