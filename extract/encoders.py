@@ -55,8 +55,10 @@ class EncoderLoadError(RuntimeError):
 def pool_tokens(cls_token: torch.Tensor, patches: torch.Tensor, pool: int) -> torch.Tensor:
     """``[cls, k x k average-pooled patch grid]`` -> ``(B, 1 + k*k, C)``, grid cells row-major.
 
-    ``patches`` is ``(B, G*G, C)`` in row-major grid order; ``pool`` must divide ``G``
-    (``pool=0`` keeps only CLS; ``pool=G`` keeps every patch).
+    ``patches`` is ``(B, G*G, C)`` in row-major grid order; ``0 <= pool <= G`` (``0`` keeps only
+    CLS; ``G`` keeps every patch). When ``pool`` divides ``G`` each cell is the mean of a
+    ``G/k x G/k`` block; otherwise cells follow ``adaptive_avg_pool2d``'s overlapping bins
+    (``floor(i*G/k) .. ceil((i+1)*G/k)``), as the reference code does, e.g. 3x3 on ViT-B/16's 14x14.
     """
     b, n, c = patches.shape
     grid = math.isqrt(n)
@@ -64,11 +66,11 @@ def pool_tokens(cls_token: torch.Tensor, patches: torch.Tensor, pool: int) -> to
         raise ValueError(f"patch tokens do not form a square grid: {n} tokens")
     if pool == 0:
         return cls_token[:, None, :]
-    if pool < 0 or grid % pool:
-        valid = [k for k in range(grid + 1) if k == 0 or grid % k == 0]
+    if not 0 < pool <= grid:
         raise ValueError(
-            f"encoder.pool={pool} does not divide the {grid}x{grid} patch grid; "
-            f"valid values: {valid}"
+            f"encoder.pool={pool} does not fit the {grid}x{grid} patch grid; valid values: "
+            f"0..{grid} (exact block means for divisors of {grid}: "
+            f"{[k for k in range(1, grid + 1) if grid % k == 0]})"
         )
     x = patches.reshape(b, grid, grid, c).permute(0, 3, 1, 2)
     x = torch.nn.functional.adaptive_avg_pool2d(x, pool)
