@@ -8,10 +8,11 @@ correct for variable frame rate; a video shorter than ``1 / fps`` gives one fram
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -102,8 +103,11 @@ class FrameReader:
                 device=device,
             )
         except Exception as e:  # noqa: BLE001 - torchcodec raises several types with ffmpeg's text
-            raise ValueError(f"cannot open as a video: {_one_line(e)}") from None
+            if "best video stream" in str(e):
+                raise ValueError("no video stream in the file (audio only?)") from None
+            raise ValueError(f"cannot open as a video: {_one_line(e, self.path)}") from None
         md = self.decoder.metadata
+        _check_not_truncated(md)
         begin = md.begin_stream_seconds
         end = md.end_stream_seconds
         if begin is None or end is None or md.width is None or md.height is None:
@@ -139,7 +143,8 @@ class FrameReader:
             except Exception as e:  # noqa: BLE001 - reported as this video's failure
                 raise ValueError(
                     f"decoding failed at {ts[0]:.3f}-{ts[-1]:.3f} s "
-                    f"(frames {lo}-{lo + len(ts) - 1} of {self.num_frames}): {_one_line(e)}"
+                    f"(frames {lo}-{lo + len(ts) - 1} of {self.num_frames}): "
+                    f"{_one_line(e, self.path)}"
                 ) from None
             frames = resize_pad(batch.data, self.size)
             yield frames, batch.pts_seconds.numpy().astype(np.float64)
@@ -147,19 +152,41 @@ class FrameReader:
 
 def _check_readable(path: Path) -> None:
     # Clear reasons for the common cases, before ffmpeg turns them into a generic error.
-    if not path.exists():
-        raise ValueError(f"missing path: {path}")
-    if not path.is_file():
-        raise ValueError(f"not a regular file: {path}")
-    if path.stat().st_size == 0:
-        raise ValueError(f"empty file (0 bytes): {path}")
     try:
+        st = path.stat()
+        if not path.is_file():
+            raise ValueError(f"not a regular file: {path}")
+        if st.st_size == 0:
+            raise ValueError(f"empty file (0 bytes): {path}")
         with open(path, "rb") as f:
             f.read(1)
+    except FileNotFoundError:
+        raise ValueError(f"missing path: {path}") from None
     except PermissionError as e:
         raise ValueError(f"permission denied: {path} ({e.strerror})") from None
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:500]}"
+def _check_not_truncated(md: Any) -> None:
+    """Fail a file whose header promises more frames than its content holds (cut-off copy).
+
+    In exact mode torchcodec scans the packets, so a truncated file would otherwise look like a
+    shorter, healthy video and quietly lose its end.
+    """
+    header, content = md.num_frames_from_header, md.num_frames_from_content
+    if header and content is not None and content < header:
+        raise ValueError(
+            f"truncated or damaged: the header lists {header} frames "
+            f"({md.duration_seconds_from_header} s) but only {content} are in the file "
+            f"(up to {md.end_stream_seconds_from_content:.3f} s)"
+        )
+
+
+_CPP_LOCATION = re.compile(r"(SingleStreamDecoder,\s*)?\S+\.cpp:\d+,\s*")
+
+
+def _one_line(e: BaseException, path: Path | None = None) -> str:
+    """A short one-line reason: no C++ source locations, the path shown once by the caller."""
+    text = _CPP_LOCATION.sub("", " ".join(str(e).split()))
+    if path is not None:
+        text = text.replace(f": {path}", "").replace(str(path), path.name)
+    return f"{type(e).__name__}: {text[:300]}"

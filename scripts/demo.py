@@ -1,0 +1,96 @@
+"""`make demo`: sample videos -> extract -> status -> verify, printing where the store is.
+
+Uses the real default encoder (google/siglip-large-patch16-384) when its weights can be had:
+from $STREAMFEAT_SIGLIP (a local checkpoint directory) or the hub. Otherwise (offline machines)
+it builds a small random-init SigLIP locally and says so: the features are then meaningless,
+but every other part of the pipeline is the real one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / ".demo"
+DEFAULT = "google/siglip-large-patch16-384"
+
+# (name, lavfi source, seconds): landscape 720p, portrait phone-like, 29.97 fps odd size.
+SAMPLES = [
+    ("kitchen/cooking.mp4", "testsrc2=size=1280x720:rate=30", 20),
+    ("phone/portrait.mp4", "testsrc2=size=360x640:rate=30", 8),
+    ("ntsc/odd_2997.mp4", "mandelbrot=size=322x182:rate=30000/1001", 6.5),
+]
+
+
+def make_videos(out: Path) -> None:
+    for name, src, seconds in SAMPLES:
+        path = out / name
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", src, "-t", str(seconds)]
+        cmd += ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", str(path)]
+        subprocess.run(cmd, check=True)
+        print(f"demo: made {path.relative_to(ROOT)} ({' '.join(cmd)})")
+
+
+def hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def pick_encoder() -> str:
+    local = os.environ.get("STREAMFEAT_SIGLIP")
+    if local:
+        print(f"demo: encoder = SigLIP checkpoint from $STREAMFEAT_SIGLIP={local}")
+        return local
+    if hub_reachable():
+        print(f"demo: encoder = {DEFAULT} from the hub")
+        return DEFAULT
+    sys.path.insert(0, str(ROOT))
+    from tests.models import save_tiny_siglip
+
+    tiny = DEMO / "random-siglip"
+    if not (tiny / "config.json").exists():
+        save_tiny_siglip(tiny)
+    print(
+        f"demo: NOTE the hub is unreachable and $STREAMFEAT_SIGLIP is unset, so the demo uses a "
+        f"small RANDOMLY INITIALISED SigLIP built locally at {tiny.relative_to(ROOT)} (2 layers, "
+        f"width 64, 384 px, 16 px patches): features are meaningless, the pipeline is real. "
+        f"Set STREAMFEAT_SIGLIP=/path/to/siglip-large-patch16-384 for real features."
+    )
+    return str(tiny)
+
+
+def run(*args: str) -> int:
+    cmd = [sys.executable, str(ROOT / "run.py"), *args]
+    print("demo: $ python run.py " + " ".join(args), flush=True)
+    return subprocess.run(cmd, cwd=ROOT).returncode
+
+
+def main() -> int:
+    videos, store = DEMO / "videos", DEMO / "demo.zarr"
+    make_videos(videos)
+    pretrained = pick_encoder()
+    common = [f"store={store}", "hydra.run.dir=.demo/hydra", "hydra.output_subdir=null"]
+    rc = run("job=extract", f"videos={videos}", f"encoder.pretrained={pretrained}", *common)
+    rc |= run("job=status", *common)
+    rc |= run("job=verify", *common)
+    print(f"demo: {'OK' if rc == 0 else 'FAILED'}; the store is {store}")
+    print(
+        f"demo: read it with: python -c \"from cache import open_store; s = open_store('{store}'); print(s.video_ids()); print(s.read(s.video_ids()[0], 0, 4)[0].shape)\""
+    )
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
