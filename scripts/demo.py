@@ -87,7 +87,8 @@ def main() -> int:
     rc |= run("job=verify", *common)
     print(f"demo: {'OK' if rc == 0 else 'FAILED'}; the store is {store}")
     print(
-        f"demo: read it with: python -c \"from cache import open_store; s = open_store('{store}'); print(s.video_ids()); print(s.read(s.video_ids()[0], 0, 4)[0].shape)\""
+        "demo: read it in Python: from cache import open_store; "
+        f"s = open_store('{store}'); tokens, pts = s.read(s.video_ids()[0], 0, 4)"
     )
     return rc
 
