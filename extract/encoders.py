@@ -106,7 +106,7 @@ class Encoder:
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         if autocast == "auto":
             autocast = "bfloat16" if device.type == "cuda" else "off"
-        self.autocast = autocast
+        self.autocast: str = autocast
         self.provenance = provenance
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:

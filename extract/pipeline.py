@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -19,7 +19,6 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from extract.encoders import Encoder
 from extract.frames import FrameReader, SeekMode, VideoProbe
 
 OutDtype = Literal["float16", "bfloat16"]
@@ -43,6 +42,23 @@ class DecodeOptions:
     seek_mode: SeekMode = "exact"
     device: str = "cpu"
     queue_chunks: int = 4
+
+
+class FrameEncoder(Protocol):
+    """What the pipeline needs of an encoder (``extract.encoders.Encoder`` or a remote proxy)."""
+
+    image_size: int
+    dim: int
+    pool: int
+    tokens_per_frame: int
+    autocast: str
+    provenance: dict[str, Any]
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, 3, S, S)`` -> float ``(B, tokens_per_frame, dim)``."""
+        ...
 
 
 class Sink(Protocol):
@@ -107,6 +123,42 @@ def to_storage(tokens: torch.Tensor, dtype: OutDtype) -> np.ndarray:
     return tokens.to(torch.bfloat16).view(torch.uint16).cpu().numpy()
 
 
+class OpenedVideo(Protocol):
+    """A video ready to decode: its index fields (incl. ``num_frames``) and its frame chunks."""
+
+    record: dict[str, Any]
+
+    def chunks(self, start_frame: int) -> Iterator[tuple[torch.Tensor, np.ndarray]]: ...
+
+
+FrameSource = Callable[[VideoTask, int], OpenedVideo]
+"""``source(task, frame_size)`` opens a video (raising ``ValueError`` with the reason)."""
+
+
+class _LocalVideo:
+    def __init__(self, task: VideoTask, size: int, opts: DecodeOptions) -> None:
+        self.reader = FrameReader(
+            task.path,
+            fps=opts.fps,
+            size=size,
+            chunk_frames=opts.chunk_frames,
+            budget_mb=opts.budget_mb,
+            threads=opts.threads,
+            seek_mode=opts.seek_mode,
+            device=opts.device,
+        )
+        self.record = {**probe_record(task, self.reader.probe, opts.fps)}
+        self.record["num_frames"] = self.reader.num_frames
+
+    def chunks(self, start_frame: int) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        return self.reader.chunks(start_frame)
+
+
+def local_source(opts: DecodeOptions) -> FrameSource:
+    """Decode in this process with torchcodec (the default source)."""
+    return lambda task, size: _LocalVideo(task, size, opts)
+
+
 class ExtractPipeline:
     """Runs tasks through decode and ``encoder`` into ``sink``, reporting to ``on_event``.
 
@@ -115,17 +167,19 @@ class ExtractPipeline:
 
     def __init__(
         self,
-        encoder: Encoder,
+        encoder: FrameEncoder,
         sink: Sink,
         *,
         decode: DecodeOptions,
         batch_frames: int = 32,
         out_dtype: OutDtype = "float16",
         on_event: Any = None,
+        source: FrameSource | None = None,
     ) -> None:
         self.encoder = encoder
         self.sink = sink
         self.decode = decode
+        self.source = source or local_source(decode)
         self.size = decode.size or encoder.image_size
         if self.size != encoder.image_size:
             raise ValueError(
@@ -161,25 +215,13 @@ class ExtractPipeline:
             put(_DONE)
 
     def _produce_one(self, task: VideoTask, put: Any) -> None:
-        opts = self.decode
-        probe = None
+        record = probe_record(task, None, self.decode.fps)
         try:
             with self._sink_lock:
                 start = self.sink.start(task.video_id)
-            reader = FrameReader(
-                task.path,
-                fps=opts.fps,
-                size=self.size,
-                chunk_frames=opts.chunk_frames,
-                budget_mb=opts.budget_mb,
-                threads=opts.threads,
-                seek_mode=opts.seek_mode,
-                device=opts.device,
-            )
-            probe = reader.probe
-            rec = probe_record(task, probe, opts.fps)
-            rec["num_frames"] = reader.num_frames
-            chunks = reader.chunks(start)
+            video = self.source(task, self.size)
+            record = video.record
+            chunks = video.chunks(start)
             while True:
                 t0 = time.perf_counter()
                 item = next(chunks, None)
@@ -187,12 +229,12 @@ class ExtractPipeline:
                 if item is None:
                     break
                 frames, pts = item
-                if not put(_Frames(task.video_id, frames, pts, rec)):
+                if not put(_Frames(task.video_id, frames, pts, record)):
                     return
-            put(_End(task.video_id, rec))
+            put(_End(task.video_id, record))
         except Exception as e:  # noqa: BLE001 - every per-video failure is recorded, not raised
             msg = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
-            put(_Fail(task.video_id, probe_record(task, probe, opts.fps), msg))
+            put(_Fail(task.video_id, record, msg))
 
     # -- consumer --------------------------------------------------------------------------
 

@@ -21,9 +21,15 @@ from extract.encoders import (
     describe,
 )
 from extract.frames import SeekMode
-from extract.pipeline import DecodeOptions, ExtractPipeline, VideoTask
+from extract.pipeline import (
+    DecodeOptions,
+    ExtractPipeline,
+    FrameEncoder,
+    FrameSource,
+    VideoTask,
+)
 from jobs.inputs import VideoInput, resolve_videos
-from jobs.launchers import LocalLauncher
+from jobs.launchers import Launcher
 from jobs.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -67,7 +73,7 @@ def _encoder(cfg: EncoderConfig) -> Encoder:
     return build_encoder(cfg)
 
 
-def features_of(spec: ExtractSpec, encoder: Encoder) -> dict[str, Any]:
+def features_of(spec: ExtractSpec, encoder: FrameEncoder) -> dict[str, Any]:
     """What determines the numbers in the store (a store refuses runs that differ)."""
     return {
         "encoder": describe(spec.encoder),
@@ -88,42 +94,57 @@ def features_of(spec: ExtractSpec, encoder: Encoder) -> dict[str, Any]:
     }
 
 
-def run_shard(spec: ExtractSpec, shard: int, shard_count: int) -> ShardResult:
-    """Extract shard ``shard`` of ``shard_count``: a pure function of its index.
-
-    Writes only its own shard of the store; skips videos the index already has as done (and
-    failed ones unless ``retry_failed``); resumes a video mid-way where frames were committed.
-    """
-    t0 = time.perf_counter()
-    mine = spec.videos[shard::shard_count]
-    result = ShardResult(shard, shard_count, assigned=len(mine))
-    known = load_index(Path(spec.store)).videos if (Path(spec.store) / "zarr.json").exists() else {}
-    todo = []
-    for v in mine:
+def shard_todo(spec: ExtractSpec, shard: int, shard_count: int) -> tuple[list[VideoTask], int]:
+    """The videos of a shard still to extract, and how many it skips as already handled."""
+    root = Path(spec.store)
+    known = load_index(root).videos if (root / "zarr.json").exists() else {}
+    todo, skipped = [], 0
+    for v in spec.videos[shard::shard_count]:
         entry = known.get(v.video_id)
         if entry is not None and (
             entry.status == "done" or (entry.status == "failed" and not spec.retry_failed)
         ):
-            result.skipped += 1
+            skipped += 1
         else:
             todo.append(VideoTask(v.video_id, v.path))
+    return todo, skipped
+
+
+def run_shard(
+    spec: ExtractSpec,
+    shard: int,
+    shard_count: int,
+    *,
+    encoder: FrameEncoder | None = None,
+    source: FrameSource | None = None,
+) -> ShardResult:
+    """Extract shard ``shard`` of ``shard_count``: a pure function of its index.
+
+    Writes only its own shard of the store; skips videos the index already has as done (and
+    failed ones unless ``retry_failed``); resumes a video mid-way where frames were committed.
+    ``encoder``/``source`` replace the in-process encoder and decoder (the Ray launcher passes
+    remote ones); by default both run here.
+    """
+    t0 = time.perf_counter()
+    todo, skipped = shard_todo(spec, shard, shard_count)
+    result = ShardResult(shard, shard_count, assigned=len(todo) + skipped, skipped=skipped)
     if not todo:
         return result
     if spec.encode_threads:
         import torch
 
         torch.set_num_threads(spec.encode_threads)
-    encoder = _encoder(spec.encoder)
+    enc: FrameEncoder = encoder or _encoder(spec.encoder)
     layout = StoreLayout(
-        tokens_per_frame=encoder.tokens_per_frame,
-        dim=encoder.dim,
+        tokens_per_frame=enc.tokens_per_frame,
+        dim=enc.dim,
         dtype=spec.dtype,
         chunk_frames=spec.chunk_frames,
         shard_frames=spec.shard_frames,
         segment_frames=spec.segment_frames,
     )
-    prov = {**provenance(), "encoder": encoder.provenance, "autocast": encoder.autocast}
-    init_store(spec.store, layout=layout, features=features_of(spec, encoder), provenance=prov)
+    prov = {**provenance(), "encoder": enc.provenance, "autocast": enc.autocast}
+    init_store(spec.store, layout=layout, features=features_of(spec, enc), provenance=prov)
     bar = _progress(len(todo), shard, shard_count, enabled=spec.progress)
     frames_t0 = time.perf_counter()
 
@@ -147,12 +168,13 @@ def run_shard(spec: ExtractSpec, shard: int, shard_count: int) -> ShardResult:
         spec.store, shard, commit_interval_s=spec.commit_interval_s, provenance=prov
     ) as writer:
         pipe = ExtractPipeline(
-            encoder,
+            enc,
             writer,
             decode=spec.decode,
             batch_frames=spec.batch_frames,
             out_dtype=spec.dtype,
             on_event=on_event,
+            source=source,
         )
         pipe.run(todo)
     bar.close()
@@ -176,7 +198,7 @@ class ExtractJob:
         videos: str,
         store: str,
         encoder: SiglipConfig | ClipConfig,
-        launcher: LocalLauncher,
+        launcher: Launcher,
         videos_root: str | None = None,
         fps: float = 2.0,
         size: int | None = None,
@@ -235,12 +257,15 @@ class ExtractJob:
         spec = ExtractSpec(videos=tuple(inputs), **self._spec_args)  # type: ignore[arg-type]
         before = _statuses(spec.store)
         shards = min(self.launcher.shard_count, len(inputs))
+        # Rerunning resubmits only shards with something left to do.
+        pending = [i for i in range(shards) if shard_todo(spec, i, shards)[0]]
         print(
             f"extract: {len(inputs)} videos -> {spec.store} ({shards} shard(s), "
-            f"{type(self.launcher).__name__})",
+            f"{len(pending)} with work left, {type(self.launcher).__name__})",
             file=sys.stderr,
         )
-        results = self.launcher.run(functools.partial(run_shard, spec), shards)
+        fn = functools.partial(run_shard, spec, **self.launcher.extract_kwargs(spec))
+        results = self.launcher.run(fn, shards, pending)
         summary = summarize(spec.store, inputs, before, results, time.perf_counter() - t0)
         print(format_summary(summary))
         return 1 if summary["failed"] or summary["missing"] else 0

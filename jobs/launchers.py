@@ -1,15 +1,30 @@
-"""Launchers run ``fn(shard, shard_count)`` once per shard and return the results in order.
+"""Launchers run ``fn(shard, shard_count)`` for the given shards and return the results in order.
 
 The local launcher is the default: in-process for one worker, a process pool for several.
+A result is ``None`` for a shard whose worker was lost (what it committed stays in the store;
+rerunning finishes it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 R = TypeVar("R")
+
+
+class Launcher(Protocol):
+    @property
+    def shard_count(self) -> int: ...
+
+    def run(
+        self, fn: Callable[..., R], shard_count: int, shards: Sequence[int] | None = None
+    ) -> list[R | None]: ...
+
+    def extract_kwargs(self, spec: Any) -> dict[str, Any]:
+        """Extra keyword arguments for ``run_shard`` (e.g. remote encoder and decoder)."""
+        ...
 
 
 @dataclass
@@ -29,16 +44,19 @@ class LocalLauncher:
     def shard_count(self) -> int:
         return self.shards or self.workers
 
-    def run(self, fn: Callable[[int, int], R], shard_count: int) -> list[R]:
-        if self.workers == 1 or shard_count == 1:
-            return [fn(i, shard_count) for i in range(shard_count)]
+    def run(
+        self, fn: Callable[..., R], shard_count: int, shards: Sequence[int] | None = None
+    ) -> list[R | None]:
+        ids = list(range(shard_count) if shards is None else shards)
+        if self.workers == 1 or len(ids) <= 1:
+            return [fn(i, shard_count) for i in ids]
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         # spawn: forking a process that holds torch threads and open decoders is unsafe.
         with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as ex:
-            futures = [ex.submit(fn, i, shard_count) for i in range(shard_count)]
+            futures = [ex.submit(fn, i, shard_count) for i in ids]
             return [f.result() for f in futures]
 
-    def describe(self) -> dict[str, Any]:
-        return {"launcher": "local", "workers": self.workers, "shards": self.shard_count}
+    def extract_kwargs(self, spec: Any) -> dict[str, Any]:
+        return {}  # decode and encode in the shard's own process
