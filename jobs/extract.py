@@ -266,6 +266,12 @@ class ExtractJob:
         )
         fn = functools.partial(run_shard, spec, **self.launcher.extract_kwargs(spec))
         results = self.launcher.run(fn, shards, pending)
+        if not self.launcher.waits:
+            print(
+                f"extract: submitted {len(pending)} shard(s); follow with: "
+                f"python run.py job=status store={spec.store}"
+            )
+            return 0
         summary = summarize(spec.store, inputs, before, results, time.perf_counter() - t0)
         print(format_summary(summary))
         return 1 if summary["failed"] or summary["missing"] else 0

@@ -18,6 +18,11 @@ class Launcher(Protocol):
     @property
     def shard_count(self) -> int: ...
 
+    @property
+    def waits(self) -> bool:
+        """False when ``run`` only submits (results are then all ``None``)."""
+        ...
+
     def run(
         self, fn: Callable[..., R], shard_count: int, shards: Sequence[int] | None = None
     ) -> list[R | None]: ...
@@ -43,6 +48,10 @@ class LocalLauncher:
     @property
     def shard_count(self) -> int:
         return self.shards or self.workers
+
+    @property
+    def waits(self) -> bool:
+        return True
 
     def run(
         self, fn: Callable[..., R], shard_count: int, shards: Sequence[int] | None = None

@@ -34,8 +34,17 @@ def store_status(store: str | Path) -> dict[str, Any]:
         lock = root / "shards" / f"{shard:05d}" / ".lock"
         s = shards.setdefault(shard, {"done": 0, "failed": 0, "frames": 0})
         s["writing"] = _locked(lock)
+    slurm_dir = root / "logs" / "slurm"
+    if (slurm_dir / "launches.jsonl").exists():
+        from jobs.slurm import slurm_states
+
+        for shard, st in slurm_states(slurm_dir).items():
+            shards.setdefault(shard, {"done": 0, "failed": 0, "frames": 0})["slurm"] = st
+    started = [r["started_at"] for r in index.runs.values()]
+    elapsed = time.time() - min(started) if started else 0.0
     return {
         "store": str(root.absolute()),
+        "frames_per_second": round(frames / elapsed, 2) if elapsed > 0 else None,
         "features": attrs["features"],
         "videos": len(index.videos),
         "done": by_status.get("done", 0),
@@ -74,7 +83,8 @@ def format_status(s: dict[str, Any]) -> str:
         f"features: {f['encoder']['type']} {f['weights']} @ {f['fps']} fps, "
         f"{f['tokens_per_frame']} x {f['dim']} {f['dtype']}",
         f"videos: {s['videos']} indexed: {s['done']} done, {s['failed']} failed; "
-        f"{s['frames']} frames; {len(s['in_progress'])} in progress",
+        f"{s['frames']} frames ({s['frames_per_second']} frames/s since the first run "
+        f"started); {len(s['in_progress'])} in progress",
     ]
     now = time.time()
     for shard, st in sorted(s["shards"].items()):
@@ -84,6 +94,8 @@ def format_status(s: dict[str, Any]) -> str:
             else ""
         )
         state = "writing" if st.get("writing") else "idle"
+        if "slurm" in st:
+            state += f", SLURM job {st['slurm']['job_id']} {st['slurm']['state']}"
         lines.append(
             f"  shard {shard:5d}: {st['done']} done, {st['failed']} failed, "
             f"{st['frames']} frames, {state}{age}"

@@ -5,6 +5,7 @@ import os
 # No model hub is reachable from tests: fail hub lookups at once instead of after retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,24 @@ def tiny_siglip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return save_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[None]:
+    """A real SLURM on localhost (scripts/slurm/up.sh). Fails loudly, never skips: CI must
+    notice when SLURM cannot start. Stopped at the end if this session started it."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    was_up = shutil.which("sinfo") is not None and (
+        subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True).returncode == 0
+    )
+    up = subprocess.run(
+        ["bash", str(root / "scripts" / "slurm" / "up.sh")], capture_output=True, text=True
+    )
+    if up.returncode != 0:
+        pytest.fail(f"SLURM did not start:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
+    yield
+    if not was_up:
+        subprocess.run(["bash", str(root / "scripts" / "slurm" / "down.sh")], capture_output=True)

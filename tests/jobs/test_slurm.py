@@ -1,0 +1,191 @@
+"""Extraction on a REAL SLURM (slurmctld + slurmd + slurmdbd on localhost) through submitit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache import load_index, open_store
+from cache.journal import read_journal
+from tests.jobs.cli import run_cli
+from tests.media import make_video
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
+
+N_LONG = 24
+SLURM = [
+    "launcher=slurm",
+    "launcher.partition=debug",
+    "launcher.cpus_per_task=1",
+    "launcher.mem_gb=2",
+]
+
+
+def make_videos(d: Path, n: int, seconds: float) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        make_video(d / f"v{i}.mp4", seconds=seconds, width=64, height=48)
+
+
+def wait_for(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def done_count(store: Path) -> int:
+    return len(load_index(store).videos) if (store / "zarr.json").exists() else 0
+
+
+def task_job_id(store: Path) -> str:
+    record = json.loads((store / "logs" / "slurm" / "launches.jsonl").read_text().splitlines()[-1])
+    return record["jobs"]["0"]
+
+
+def slurm_state(job_id: str) -> str:
+    out = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True
+    ).stdout.strip()
+    return out or "GONE"
+
+
+def test_array_extraction_with_a_failing_video(tmp_path: Path, tiny_siglip: Path) -> None:
+    videos = tmp_path / "videos"
+    make_videos(videos, 4, 1.5)
+    (videos / "empty.mp4").write_bytes(b"")
+    store = tmp_path / "out.zarr"
+    r = run_cli(
+        "job=extract",
+        f"videos={videos}",
+        f"store={store}",
+        f"encoder.pretrained={tiny_siglip}",
+        *SLURM,
+        "launcher.shards=2",
+        hydra_dir=tmp_path / "h",
+    )
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "4 done, 0 skipped (already complete), 1 failed" in r.stdout, r.stdout
+    assert "FAILED empty: " in r.stdout and "empty file (0 bytes)" in r.stdout
+    assert "slurm: submitted array" in r.stderr
+    s = open_store(store)
+    assert {e.shard for e in s.index.videos.values()} == {0, 1}
+    for i in range(4):
+        assert s.read(f"v{i}")[0].shape == (3, 10, 64)
+    st = run_cli("job=status", f"store={store}", hydra_dir=tmp_path / "h")
+    assert "4 done, 1 failed" in st.stdout and "SLURM job" in st.stdout, st.stdout
+    v = run_cli("job=verify", f"store={store}", hydra_dir=tmp_path / "h")
+    assert v.returncode == 0, v.stdout
+
+
+def test_requeued_task_continues_without_redoing_done_videos(
+    tmp_path: Path, tiny_siglip: Path
+) -> None:
+    videos = tmp_path / "videos"
+    make_videos(videos, N_LONG, 6.0)  # long enough to be interrupted mid-run
+    store = tmp_path / "out.zarr"
+    args = [
+        "job=extract",
+        f"videos={videos}",
+        f"store={store}",
+        f"encoder.pretrained={tiny_siglip}",
+        *SLURM,
+        "launcher.shards=1",
+        "job.commit_interval_s=0",
+        "job.batch_frames=2",
+    ]
+    r = run_cli(*args, "launcher.wait=false", hydra_dir=tmp_path / "h")
+    assert r.returncode == 0 and "job=status" in r.stdout, r.stderr[-2000:]
+    job_id = task_job_id(store)
+    wait_for(lambda: done_count(store) >= 2, 180, "2 videos done")
+    before = {v: e.record["attempt"] for v, e in load_index(store).videos.items()}
+    assert len(before) < N_LONG, "the task finished before it could be requeued"
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    # A requeued job is held back ~2 min by SLURM; let it start again at once.
+    wait_for(
+        lambda: (
+            subprocess.run(
+                ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True
+            ).returncode
+            == 0
+            and slurm_state(job_id) in ("PENDING", "RUNNING", "CONFIGURING", "GONE")
+        ),
+        60,
+        "requeued job to be schedulable",
+    )
+    wait_for(lambda: done_count(store) == N_LONG and slurm_state(job_id) == "GONE", 240, "all done")
+    after = load_index(store)
+    assert all(after.videos[v].record["attempt"] == a for v, a in before.items())
+    records = read_journal(store / "index" / "shard-00000.jsonl")
+    assert sum(r["kind"] == "run" for r in records) >= 2  # the task really ran twice
+    done_lines = Counter(r["video_id"] for r in records if r["kind"] == "video")
+    assert set(done_lines.values()) == {1}, done_lines  # no video was redone
+    v = run_cli("job=verify", f"store={store}", hydra_dir=tmp_path / "h2")
+    assert v.returncode == 0, v.stdout
+
+
+def test_scancel_then_rerun_completes_only_the_rest(tmp_path: Path, tiny_siglip: Path) -> None:
+    videos = tmp_path / "videos"
+    make_videos(videos, N_LONG, 6.0)  # long enough to be interrupted mid-run
+    store = tmp_path / "out.zarr"
+    args = [
+        "job=extract",
+        f"videos={videos}",
+        f"store={store}",
+        f"encoder.pretrained={tiny_siglip}",
+        *SLURM,
+        "launcher.shards=1",
+        "job.commit_interval_s=0",
+        "job.batch_frames=2",
+    ]
+    r = run_cli(*args, "launcher.wait=false", hydra_dir=tmp_path / "h")
+    assert r.returncode == 0, r.stderr[-2000:]
+    job_id = task_job_id(store)
+    wait_for(lambda: done_count(store) >= 2, 180, "2 videos done")
+    subprocess.run(["scancel", job_id], check=True)
+    wait_for(lambda: slurm_state(job_id) == "GONE", 60, "cancelled job to leave the queue")
+    before = {v: e.record["attempt"] for v, e in load_index(store).videos.items()}
+    assert 2 <= len(before) < N_LONG
+    r2 = run_cli(*args, hydra_dir=tmp_path / "h2")
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert f"{N_LONG - len(before)} done, {len(before)} skipped" in r2.stdout, r2.stdout
+    after = load_index(store)
+    assert all(after.videos[v].record["attempt"] == a for v, a in before.items())
+    assert len(after.videos) == N_LONG
+
+
+def test_hydra_sweep_on_slurm(tmp_path: Path, tiny_siglip: Path) -> None:
+    videos = tmp_path / "videos"
+    make_videos(videos, 2, 1.0)
+    r = run_cli(
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=debug",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=2",
+        "job=extract",
+        f"videos={videos}",
+        f"encoder.pretrained={tiny_siglip}",
+        "store=${hydra:sweep.dir}/pool${encoder.pool}.zarr",
+        "encoder.pool=1,3",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "job.progress=false",
+        hydra_dir=tmp_path / "h",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, three = (
+        open_store(tmp_path / "sweep" / "pool1.zarr"),
+        open_store(tmp_path / "sweep" / "pool3.zarr"),
+    )
+    assert one.read("v0")[0].shape == (2, 2, 64) and three.read("v0")[0].shape == (2, 10, 64)
+    # The CLS token does not depend on the pooling.
+    np.testing.assert_array_equal(one.read("v1")[0][:, 0], three.read("v1")[0][:, 0])
+    assert list((tmp_path / "sweep" / ".submitit").iterdir())  # it went through submitit
