@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,7 +64,8 @@ class ShardResult:
     failed: int = 0
     frames: int = 0
     seconds: float = 0.0
-    failures: dict[str, str] = field(default_factory=dict)
+    started_at: float = 0.0  # wall clock (time.time) when the task began
+    first_frame_at: float | None = None  # wall clock when its first frames were encoded
 
 
 @functools.lru_cache(maxsize=2)
@@ -125,9 +126,10 @@ def run_shard(
     ``encoder``/``source`` replace the in-process encoder and decoder (the Ray launcher passes
     remote ones); by default both run here.
     """
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), time.time()
     todo, skipped = shard_todo(spec, shard, shard_count)
     result = ShardResult(shard, shard_count, assigned=len(todo) + skipped, skipped=skipped)
+    result.started_at = started_at
     if not todo:
         return result
     if spec.encode_threads:
@@ -150,6 +152,8 @@ def run_shard(
 
     def on_event(kind: str, video_id: str, frames: int) -> None:
         if kind == "frames":
+            if result.first_frame_at is None:
+                result.first_frame_at = time.time()
             result.frames += frames
             bar.set_postfix(
                 fps=f"{result.frames / max(1e-9, time.perf_counter() - frames_t0):.1f}",
@@ -252,7 +256,15 @@ class ExtractJob:
         StoreLayout(1, 1, dtype, chunk_frames, shard_frames, segment_frames)  # validate early
 
     def run(self) -> int:
-        t0 = time.perf_counter()
+        summary = self.execute()
+        if summary is None:
+            return 0
+        print(format_summary(summary))
+        return 1 if summary["failed"] or summary["missing"] else 0
+
+    def execute(self) -> dict[str, Any] | None:
+        """Run the extraction; the summary (``None`` when the launcher only submitted)."""
+        t0, submitted_at = time.perf_counter(), time.time()
         inputs = resolve_videos(self.videos, self.videos_root)
         spec = ExtractSpec(videos=tuple(inputs), **self._spec_args)  # type: ignore[arg-type]
         before = _statuses(spec.store)
@@ -271,10 +283,11 @@ class ExtractJob:
                 f"extract: submitted {len(pending)} shard(s); follow with: "
                 f"python run.py job=status store={spec.store}"
             )
-            return 0
+            return None
         summary = summarize(spec.store, inputs, before, results, time.perf_counter() - t0)
-        print(format_summary(summary))
-        return 1 if summary["failed"] or summary["missing"] else 0
+        firsts = [r.first_frame_at for r in results if r is not None and r.first_frame_at]
+        summary["seconds_to_first_frame"] = round(min(firsts) - submitted_at, 3) if firsts else None
+        return summary
 
 
 def _statuses(store: str) -> dict[str, str]:
