@@ -57,7 +57,7 @@ def pick_encoder() -> str:
         print(f"demo: encoder = {DEFAULT} from the hub")
         return DEFAULT
     sys.path.insert(0, str(ROOT))
-    from tests.models import save_tiny_siglip
+    from tests.encoders import save_tiny_siglip
 
     tiny = DEMO / "random-siglip"
     if not (tiny / "config.json").exists():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.models import save_tiny_clip, save_tiny_siglip
+from tests.encoders import save_tiny_clip, save_tiny_siglip
 
 
 @pytest.fixture(scope="session")
