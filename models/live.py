@@ -1,0 +1,389 @@
+"""The LIVE streaming-dialogue model: cached frame features -> connector -> LLM at ``<v>``.
+
+Architecture as in VideoLLM-online (``models/modeling_live.py``, ``live_llama/``): a connector MLP
+``Linear(vision_dim -> H), GELU, Linear(H -> H)`` (fully trained) maps each cached feature token
+to one LLM input embedding, which replaces the embedding of the matching ``<v>`` placeholder (in
+order); the LLM carries LoRA adapters on the attention and MLP projections and on ``lm_head``.
+The loss is one cross-entropy over the labels built by :mod:`models.prompt`, with stream
+positions weighted by ``stream_loss_weight`` and the sum divided by the number of labels.
+
+Two choices follow the reference rather than the usual recipe, because users' checkpoints depend
+on them: the embedding matrix is not resized when ``<v>`` is added (its rows are never looked up:
+they are replaced by connector outputs, and ``lm_head`` keeps the base vocabulary so LoRA adapters
+on it keep their shapes); and LoRA on ``lm_head`` is plain peft LoRA (``"lm_head"`` in
+``lora_targets``), not ``modules_to_save``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.prompt import FRAME_INTERVAL, IGNORE_INDEX, single_token_id
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+CONNECTOR_FILE = "connector.safetensors"
+CONFIG_FILE = "live_config.json"
+DEFAULT_LORA_TARGETS = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "lm_head",
+)
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """What ``build_live`` needs. ``llm`` is a hub id or a local directory holding a causal LM and
+    its tokenizer; ``vision_dim`` the width of the cached feature tokens (1024 for SigLIP-L);
+    ``frame_tokens`` the feature tokens per frame (1 CLS + 3x3 pooled = 10). ``lora_targets`` are
+    peft module-name suffixes (``"lm_head"`` included: the reference adapts it too).
+    ``attn_implementation`` is passed to ``from_pretrained`` (None = transformers' default)."""
+
+    llm: str
+    vision_dim: int
+    frame_tokens: int = 10
+    v_token: str = "<v>"
+    lora_r: int = 128
+    lora_alpha: int = 256
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = field(default=DEFAULT_LORA_TARGETS)
+    stream_loss_weight: float = 1.0
+    gradient_checkpointing: bool = False
+    dtype: str = "auto"
+    attn_implementation: str | None = None
+
+    def __post_init__(self) -> None:
+        # Hydra hands lists; keep the dataclass hashable and JSON round-trippable.
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if not self.llm:
+            raise ValueError("model.llm is empty: set it to a hub id or a local model directory")
+        if self.vision_dim < 1:
+            raise ValueError(f"model.vision_dim must be >= 1, got {self.vision_dim}")
+        if self.frame_tokens < 1:
+            raise ValueError(f"model.frame_tokens must be >= 1, got {self.frame_tokens}")
+        if not self.v_token:
+            raise ValueError("model.v_token must be a non-empty string such as '<v>'")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype={self.dtype!r} is not valid. Valid choices: {DTYPES}")
+        if self.lora_r < 1 or not self.lora_targets:
+            raise ValueError(
+                f"LoRA needs model.lora_r >= 1 and model.lora_targets non-empty, got"
+                f" r={self.lora_r}, targets={self.lora_targets}"
+            )
+
+
+@dataclass(frozen=True)
+class LossParts:
+    """``total`` = sum(weight * CE) / ``n_labels`` (what to backpropagate, as the reference);
+    ``lm`` and ``stream`` = mean unweighted CE over LM and stream positions (for logging;
+    0 where a part has no positions), with their counts."""
+
+    total: torch.Tensor
+    lm: torch.Tensor
+    stream: torch.Tensor
+    n_labels: int
+    n_lm: int
+    n_stream: int
+
+
+@dataclass
+class LiveOutput:
+    """``logits`` (B, L, V); ``loss`` when labels were given; ``past_key_values`` when cached."""
+
+    logits: torch.Tensor
+    loss: LossParts | None = None
+    past_key_values: Any = None
+
+
+def live_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    stream_mask: torch.Tensor,
+) -> LossParts:
+    """The LIVE loss over pre-shifted ``labels`` (``labels[..., i]`` is the target of
+    ``logits[..., i, :]``; -100 = ignored): per-position cross-entropy (in float32) times
+    ``weights``, summed and divided by the number of labelled positions, as in VideoLLM-online.
+    ``stream_mask`` marks the stream positions, reported separately from the LM positions."""
+    if logits.shape[:-1] != labels.shape or labels.shape != weights.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} must be labels {tuple(labels.shape)} + (V,), and"
+            f" weights {tuple(weights.shape)} must match labels"
+        )
+    labelled = labels != IGNORE_INDEX
+    # Only labelled rows go through log-softmax: full-sequence float32 logits can be gigabytes.
+    ce = F.cross_entropy(logits[labelled].float(), labels[labelled], reduction="none")
+    n_labels = int(labelled.sum())
+    total = (ce * weights[labelled].float()).sum() / max(n_labels, 1)
+    is_stream = stream_mask[labelled]
+    zero = ce.sum() * 0.0
+    n_stream = int(is_stream.sum())
+    n_lm = n_labels - n_stream
+    return LossParts(
+        total=total,
+        lm=ce[~is_stream].mean() if n_lm else zero,
+        stream=ce[is_stream].mean() if n_stream else zero,
+        n_labels=n_labels,
+        n_lm=n_lm,
+        n_stream=n_stream,
+    )
+
+
+def build_connector(vision_dim: int, hidden_size: int) -> nn.Sequential:
+    """``Linear(vision_dim -> H), GELU, Linear(H -> H)`` — the reference's connector, with the same
+    submodule names (``0.*``, ``2.*``) so its state dicts map one to one. Exact (erf) GELU, as the
+    reference's ``GELUActivation`` uses."""
+    return nn.Sequential(
+        nn.Linear(vision_dim, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+    )
+
+
+class LiveModel(nn.Module):
+    """A peft-wrapped causal LM plus the connector. ``forward`` takes token ids containing ``<v>``
+    placeholders and the frame features that fill them, in order."""
+
+    def __init__(
+        self,
+        cfg: LiveConfig,
+        llm: Any,
+        connector: nn.Sequential,
+        *,
+        v_token_id: int,
+        interval_token_id: int,
+        eos_token_id: int,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        # Any: a peft PeftModel (typed loosely; its methods are forwarded to the base model).
+        self.llm: Any = llm
+        self.connector = connector
+        self.v_token_id = v_token_id
+        self.interval_token_id = interval_token_id
+        self.eos_token_id = eos_token_id
+
+    def embed(self, input_ids: torch.Tensor, frame_features: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with every ``<v>`` replaced, in row-major order, by the connector
+        output of the next feature token. ``frame_features``: (F, frame_tokens, D) or
+        (B, F, frame_tokens, D); F * frame_tokens (summed over the batch) must equal the number of
+        ``<v>`` in ``input_ids``."""
+        embedding = self.llm.get_input_embeddings()
+        v_mask = input_ids == self.v_token_id
+        # <v> may lie past the embedding matrix (it is never resized): look up a valid id instead;
+        # those rows are overwritten below.
+        embeds = embedding(input_ids.masked_fill(v_mask, 0))
+        n_v = int(v_mask.sum())
+        if frame_features is None:
+            if n_v:
+                raise ValueError(f"input_ids hold {n_v} <v> placeholders but no frame_features")
+            return embeds
+        if frame_features.dim() not in (3, 4) or frame_features.shape[-2:] != (
+            self.cfg.frame_tokens,
+            self.cfg.vision_dim,
+        ):
+            raise ValueError(
+                f"frame_features must be (F, {self.cfg.frame_tokens}, {self.cfg.vision_dim}) or"
+                f" (B, F, {self.cfg.frame_tokens}, {self.cfg.vision_dim}) (model.frame_tokens,"
+                f" model.vision_dim), got {tuple(frame_features.shape)}"
+            )
+        tokens = frame_features.reshape(-1, self.cfg.vision_dim)
+        if tokens.shape[0] != n_v:
+            raise ValueError(
+                f"{tokens.shape[0] // self.cfg.frame_tokens} frames"
+                f" ({tokens.shape[0]} feature tokens) for {n_v} <v> placeholders in input_ids"
+            )
+        first = next(self.connector.parameters())
+        visual = self.connector(tokens.to(device=first.device, dtype=first.dtype))
+        return embeds.masked_scatter(v_mask.unsqueeze(-1), visual.to(embeds.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        frame_features: torch.Tensor | None = None,
+        *,
+        labels: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> LiveOutput:
+        """Run the LLM on ``input_ids`` (B, L) or (L,) with ``<v>`` filled from
+        ``frame_features``. With ``labels`` (pre-shifted, see :mod:`models.prompt`) the loss is
+        computed too; ``weights`` default to 1 on labelled positions and
+        ``cfg.stream_loss_weight`` on labelled ``<v>`` positions (the stream positions)."""
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+            labels = None if labels is None else labels.unsqueeze(0)
+            weights = None if weights is None else weights.unsqueeze(0)
+            if attention_mask is not None and attention_mask.dim() == 1:
+                attention_mask = attention_mask.unsqueeze(0)
+        out = self.llm(
+            inputs_embeds=self.embed(input_ids, frame_features),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+        loss = None
+        if labels is not None:
+            stream_mask = (input_ids == self.v_token_id) & (labels != IGNORE_INDEX)
+            if weights is None:
+                weights = (labels != IGNORE_INDEX).float()
+                weights = weights.masked_fill(stream_mask, self.cfg.stream_loss_weight)
+            loss = live_loss(out.logits, labels, weights, stream_mask)
+        return LiveOutput(
+            logits=out.logits,
+            loss=loss,
+            past_key_values=out.past_key_values if use_cache else None,
+        )
+
+
+def _torch_dtype(name: str) -> Any:
+    return name if name == "auto" else getattr(torch, name)
+
+
+def _load_base(cfg: LiveConfig) -> tuple[Any, Any, dict[str, int]]:
+    """Tokenizer (with ``<v>`` added) and the bare causal LM from ``cfg.llm``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.llm)
+        kwargs: dict[str, Any] = {"dtype": _torch_dtype(cfg.dtype)}
+        if cfg.attn_implementation is not None:
+            kwargs["attn_implementation"] = cfg.attn_implementation
+        llm = AutoModelForCausalLM.from_pretrained(cfg.llm, **kwargs)
+    except (OSError, ValueError) as e:
+        raise OSError(
+            f"cannot load the LLM {cfg.llm!r} ({type(e).__name__}: {e}). Set model.llm=<hub id"
+            " or local directory with config.json, weights and tokenizer files>; without network"
+            " access use a local directory (or a populated HF cache with HF_HUB_OFFLINE=1)"
+        ) from e
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"{cfg.llm!r} loads a slow tokenizer ({type(tokenizer).__name__}); LIVE labels need"
+            " a fast tokenizer with offset mappings (install `tokenizers`, or convert it)"
+        )
+    if tokenizer.eos_token is None:
+        raise ValueError(f"the tokenizer of {cfg.llm!r} has no eos token; LIVE needs one")
+    tokenizer.add_tokens([cfg.v_token], special_tokens=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # as the reference; padding is left-side
+    tokenizer.padding_side = "left"
+    ids = {
+        "v_token_id": single_token_id(tokenizer, cfg.v_token, what="model.v_token"),
+        "interval_token_id": single_token_id(tokenizer, FRAME_INTERVAL, what="the separator"),
+        "eos_token_id": int(tokenizer.eos_token_id),
+    }
+    if cfg.gradient_checkpointing:
+        # Non-reentrant: inputs are embeddings built outside the LLM, so no input grads hack.
+        ckpt_kwargs = {"use_reentrant": False}
+        if hasattr(llm, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            llm.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs)
+        else:
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+        llm.config.use_cache = False
+    return tokenizer, llm, ids
+
+
+def _connector_for(cfg: LiveConfig, llm: Any) -> nn.Sequential:
+    hidden = llm.get_input_embeddings().weight.shape[1]
+    connector = build_connector(cfg.vision_dim, hidden)
+    # Float32 unless the whole model was asked to be half precision; the LLM's dtype is applied
+    # to the connector output in LiveModel.embed.
+    if cfg.dtype in ("bfloat16", "float16"):
+        connector = connector.to(_torch_dtype(cfg.dtype))
+    return connector
+
+
+def build_live(cfg: LiveConfig) -> tuple[LiveModel, Any]:
+    """Load tokenizer and LLM from ``cfg.llm``, add ``<v>``, wrap the LLM with fresh LoRA adapters
+    (peft ``get_peft_model``: base frozen) and attach a fresh, trainable connector. Returns the
+    model (in train mode) and the tokenizer to pass to ``models.prompt.encode_conversation``."""
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer, llm, ids = _load_base(cfg)
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        peft_llm = get_peft_model(llm, lora)
+    except ValueError as e:
+        raise ValueError(
+            f"LoRA targets {cfg.lora_targets} do not fit {cfg.llm!r} ({e}); set"
+            " model.lora_targets to module-name suffixes of that model"
+        ) from e
+    model = LiveModel(cfg, peft_llm, _connector_for(cfg, llm), **ids)
+    return model.train(), tokenizer
+
+
+def trainable_parameters(model: LiveModel) -> list[nn.Parameter]:
+    """The parameters the optimizer should see: LoRA adapters and the connector."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def save_trainable(model: LiveModel, path: str | Path) -> Path:
+    """Write what training changed to ``path``: the peft adapter (``adapter_config.json``,
+    ``adapter_model.safetensors``), ``connector.safetensors`` and ``live_config.json``. The base
+    LLM is not copied: ``load_trainable`` loads it again from the saved ``llm`` (hub id or dir)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    # peft would also copy the base embedding and lm_head weights because "lm_head" is a LoRA
+    # target; they are unchanged (never resized), so only the adapters are written.
+    model.llm.save_pretrained(str(path), save_embedding_layers=False)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.connector.state_dict().items()}
+    save_file(state, str(path / CONNECTOR_FILE))
+    (path / CONFIG_FILE).write_text(json.dumps(asdict(model.cfg), indent=2) + "\n")
+    return path
+
+
+def load_live_config(path: str | Path) -> LiveConfig:
+    """Read the ``LiveConfig`` saved next to an adapter by ``save_trainable``."""
+    raw = json.loads((Path(path) / CONFIG_FILE).read_text())
+    known = {f.name for f in fields(LiveConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{Path(path) / CONFIG_FILE} has unknown keys {unknown}; known: {known}")
+    return LiveConfig(**raw)
+
+
+def load_trainable(
+    path: str | Path, *, llm: str | None = None, is_trainable: bool = False
+) -> tuple[LiveModel, Any]:
+    """Rebuild a model saved by ``save_trainable``: the base LLM from the saved ``llm`` (or the
+    ``llm`` given here, e.g. a local copy), the adapter through peft
+    ``PeftModel.from_pretrained`` and the connector from ``connector.safetensors``. Returns the
+    model in eval mode (train mode, adapters and connector trainable, with ``is_trainable``)."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    for name in (CONFIG_FILE, CONNECTOR_FILE, "adapter_config.json"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path} is not a LIVE checkpoint: {name} is missing")
+    cfg = load_live_config(path)
+    if llm is not None:
+        cfg = replace(cfg, llm=llm)
+    tokenizer, base, ids = _load_base(cfg)
+    peft_llm = PeftModel.from_pretrained(base, str(path), is_trainable=is_trainable)
+    connector = _connector_for(cfg, base)
+    connector.load_state_dict(load_file(str(path / CONNECTOR_FILE)))
+    connector.requires_grad_(is_trainable)
+    model = LiveModel(cfg, peft_llm, connector, **ids)
+    return (model.train() if is_trainable else model.eval()), tokenizer

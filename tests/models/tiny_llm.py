@@ -1,0 +1,87 @@
+"""A tiny random Llama and a byte-level BPE tokenizer trained offline on a built-in corpus, saved
+with ``save_pretrained`` so tests load them through ``build_live(LiveConfig(llm=dir))`` — the same
+path users take with a hub id (no hub access here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+# The words the tests and the synthetic task use, in the layout of models/prompt.py, so that BPE
+# learns them as whole tokens ("User", "Assistant", " ok", ...). Text after ``]`` is written both
+# as "]\n" and "] " so the Llama-3-style pre-tokenizer sees "]\n" as a unit and can merge it.
+CORPUS = [
+    "A multimodal AI assistant is helping users with some activities.",
+    "Below is their conversation, interleaved with the list of video frames received.",
+    "You watch a video.\n\n[x,x,x]\nUser: What now?\nAssistant: ok</s>\n[x,x]\nAssistant: go",
+    "System: watch.\nUser: Hi\nAssistant: ok\nUser: Tell me when it happens.\nAssistant: done.",
+    "x]\nUser: Hi\nx]\nAssistant: go\nx]\nAssistant: ok\nx]\nUser: What now?\nx] x]\n",
+    "Cutting the onion. You pick up the knife. Done. Stop. Look. Now. Yes, no, maybe.",
+]
+
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def build_tiny_tokenizer(style: Literal["gpt2", "llama3"] = "gpt2") -> Any:
+    """A byte-level BPE tokenizer (bos ``<s>``, eos ``</s>``, pad ``<pad>``) trained on CORPUS.
+
+    ``gpt2`` splits punctuation from newlines, so ``]`` and ``\\n`` are separate tokens; ``llama3``
+    uses Llama-3's pre-tokenizer regex, which keeps ``]\\n`` together (one token after BPE), the
+    case VideoLLM-online's learn ranges were written for."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    if style == "gpt2":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    tok.decoder = decoders.ByteLevel()
+    # trim_offsets=False: offsets must point at the exact characters (learn ranges rely on it).
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        min_frequency=1,
+        special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def save_tiny_llm(out: Path, *, style: Literal["gpt2", "llama3"] = "gpt2", seed: int = 0) -> Path:
+    """Save a 2-layer, 64-wide, 4-head random ``LlamaForCausalLM`` and its tokenizer to ``out``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer(style)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        # Untied like Llama-3-8B, so LoRA on lm_head does not touch the input embeddings.
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
