@@ -31,6 +31,11 @@ class Launcher(Protocol):
         """Extra keyword arguments for ``run_shard`` (e.g. remote encoder and decoder)."""
         ...
 
+    def run_ranks(self, fn: Callable[[int, int], R], world_size: int) -> R | None:
+        """Run ``fn(rank, world_size)`` on ``world_size`` ranks at once (torch.distributed);
+        rank 0's result, or ``None`` when only submitted."""
+        ...
+
 
 @dataclass
 class LocalLauncher:
@@ -69,3 +74,27 @@ class LocalLauncher:
 
     def extract_kwargs(self, spec: Any) -> dict[str, Any]:
         return {}  # decode and encode in the shard's own process
+
+    def run_ranks(self, fn: Callable[[int, int], R], world_size: int) -> R | None:
+        if world_size == 1:
+            return fn(0, 1)
+        import multiprocessing as mp
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+
+        # Rendezvous on this machine (spawned ranks inherit the environment).
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
+        os.environ["MASTER_PORT"] = str(free_port())
+        with ProcessPoolExecutor(world_size, mp_context=mp.get_context("spawn")) as ex:
+            futures = [ex.submit(fn, rank, world_size) for rank in range(world_size)]
+            results = [f.result() for f in futures]
+        return results[0]
+
+
+def free_port() -> int:
+    """A TCP port free on this machine right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -42,6 +42,18 @@ class ShardTask(submitit.helpers.Checkpointable):
         return self.fn(shard, self.shard_count)
 
 
+class RankTask(submitit.helpers.Checkpointable):
+    """``fn(rank, world_size)`` in each task of a multi-task SLURM job (torch.distributed env
+    exported by submitit); requeued on preemption, when ``fn`` resumes from its checkpoints."""
+
+    def __init__(self, fn: Callable[[int, int], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self) -> Any:
+        env = submitit.helpers.TorchDistributedEnvironment().export()
+        return self.fn(env.rank, env.world_size)
+
+
 @dataclass
 class SlurmLauncher:
     """Submit shards as a SLURM job array through submitit (``launcher=slurm``).
@@ -152,6 +164,16 @@ class SlurmLauncher:
                 )
                 results.append(None)
         return results
+
+    def run_ranks(self, fn: Callable[[int, int], R], world_size: int) -> R | None:
+        """One SLURM job with ``world_size`` tasks (one per rank, ``gpus_per_task`` each)."""
+        ex = self.executor()
+        ex.update_parameters(tasks_per_node=world_size, slurm_array_parallelism=1)
+        job = ex.submit(RankTask(fn))
+        print(f"slurm: submitted job {job.job_id} ({world_size} rank(s))", file=sys.stderr)
+        if not self.wait:
+            return None
+        return job.results()[0]  # type: ignore[no-any-return]
 
 
 def slurm_states(folder: str | Path) -> dict[int, dict[str, str]]:

@@ -24,6 +24,15 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama + byte-level BPE tokenizer (GPT-2 pre-tokenizer: ``]`` and ``\\n``
+    are separate tokens) saved like a hub checkpoint."""
+    from tests.models.tiny_llm import save_tiny_llm
+
+    return save_tiny_llm(tmp_path_factory.mktemp("llm") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
 def slurm() -> Iterator[None]:
     """A real SLURM on localhost (scripts/slurm/up.sh). Fails loudly, never skips: CI must
     notice when SLURM cannot start. Stopped at the end if this session started it."""

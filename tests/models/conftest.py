@@ -21,13 +21,6 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama + byte-level BPE tokenizer (GPT-2 pre-tokenizer: ``]`` and ``\\n``
-    are separate tokens) saved like a hub checkpoint."""
-    return save_tiny_llm(tmp_path_factory.mktemp("llm") / "tiny-llama")
-
-
-@pytest.fixture(scope="session")
 def tiny_llm_llama3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same with Llama-3's pre-tokenizer, which makes ``]\\n`` one token."""
     return save_tiny_llm(tmp_path_factory.mktemp("llm3") / "tiny-llama3", style="llama3")

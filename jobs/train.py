@@ -1,0 +1,537 @@
+"""The train job: the LIVE model from cached features, single process or DDP, resumable.
+
+``python run.py job=train store=S data=ego4d_narration data.annotations=DIR model.llm=ID``
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from cache import open_store
+from jobs.launchers import Launcher
+from models.annotations import (
+    StreamSample,
+    ego4d_split_uids,
+    frames_for_window,
+    read_chat,
+    read_coin,
+    read_ego4d_narrations,
+    turn_frame_index,
+)
+from models.live import LiveConfig, build_live, save_trainable, trainable_parameters
+from models.prompt import AssistantTurn, Conversation, StreamTurn, UserTurn, encode_conversation
+
+log = logging.getLogger(__name__)
+
+DataFormat = Literal["ego4d_narration", "coin", "chat"]
+FORMATS: tuple[str, ...] = ("ego4d_narration", "coin", "chat")
+DEFAULT_FILES = {"ego4d_narration": "all_narrations_redacted.json", "coin": "COIN.json"}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which annotations to train on. ``annotations`` is the file, or a folder holding the
+    format's usual file name. ``split``: COIN's subset (training/testing); for Ego4D the uids
+    listed in ``split_files`` (other Ego4D benchmark files) are kept (``split=keep``) or
+    dropped (``split=exclude``, the train split)."""
+
+    format: DataFormat
+    annotations: str
+    split: str | None = None
+    split_files: tuple[str, ...] = ()
+    fps: float = 2.0
+    max_frames: int = 1200
+    refined: bool = False
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"data.format={self.format!r}; valid: {FORMATS}")
+        object.__setattr__(self, "split_files", tuple(self.split_files))
+
+
+def read_samples(cfg: DataConfig) -> list[StreamSample]:
+    """Read the annotations into timed streaming samples (windows of at most max_frames)."""
+    path = Path(cfg.annotations).expanduser()
+    if path.is_dir() and cfg.format in DEFAULT_FILES:
+        path = path / DEFAULT_FILES[cfg.format]
+    if not path.exists():
+        raise FileNotFoundError(f"data.annotations={cfg.annotations!r}: {path} does not exist")
+    if cfg.format == "ego4d_narration":
+        uids = ego4d_split_uids(cfg.split_files) if cfg.split_files else None
+        keep = uids if cfg.split in (None, "keep") else None
+        exclude = uids if cfg.split == "exclude" else None
+        return read_ego4d_narrations(
+            path,
+            fps=cfg.fps,
+            split_uids=keep,
+            exclude_uids=exclude,
+            refined=cfg.refined,
+            max_frames=cfg.max_frames,
+        )
+    if cfg.format == "coin":
+        subset = {"train": "training", "val": "testing", "test": "testing"}.get(
+            cfg.split or "", cfg.split
+        )
+        return read_coin(path, subset=subset, fps=cfg.fps, max_frames=cfg.max_frames)  # type: ignore[arg-type]
+    return read_chat(path, fps=cfg.fps, max_frames=cfg.max_frames)
+
+
+def to_conversation(
+    sample: StreamSample, pts_seconds: np.ndarray, lo: int, hi: int
+) -> Conversation:
+    """Interleave the window's frames ``[lo, hi)`` with the sample's turns: a turn at time t comes
+    right after the last frame on screen at t. Every stream run is learned (the model learns when
+    to stay silent and when to speak); turns keep their own ``learn`` flags."""
+    turns: list[StreamTurn | UserTurn | AssistantTurn] = []
+    cursor = lo
+    for t in sample.turns:
+        end = min(max(turn_frame_index(pts_seconds, t.time_seconds) + 1, lo), hi)
+        if end > cursor:
+            turns.append(StreamTurn(end - cursor, learn=True))
+            cursor = end
+        if t.role == "user":
+            turns.append(UserTurn(t.text))
+        else:
+            turns.append(AssistantTurn(t.text, learn=t.learn))
+    if hi > cursor:
+        turns.append(StreamTurn(hi - cursor, learn=True))
+    return Conversation(turns=turns, system=sample.system)
+
+
+class StreamDataset(torch.utils.data.Dataset):
+    """Samples whose frames come from the store, one window each (never the whole video).
+
+    Videos missing from the store or failed there are reported once and skipped."""
+
+    def __init__(
+        self,
+        store: str,
+        samples: list[StreamSample],
+        tokenizer: Any,
+        *,
+        fps: float,
+        frame_tokens: int,
+        v_token: str,
+        stream_loss_weight: float,
+    ) -> None:
+        index = open_store(store)
+        done = set(index.video_ids(status="done"))
+        missing = sorted({s.video_id for s in samples} - done)
+        if missing:
+            log.warning(
+                "%d of %d annotated videos are not done in %s; skipping their samples (e.g. %s)",
+                len(missing),
+                len({s.video_id for s in samples}),
+                store,
+                ", ".join(missing[:5]),
+            )
+        self.samples = [s for s in samples if s.video_id in done]
+        if not self.samples:
+            raise ValueError(f"no annotated video is done in {store}: nothing to train on")
+        self.store_path = store
+        self.tokenizer = tokenizer
+        self.fps = fps
+        self.frame_tokens = frame_tokens
+        self.v_token = v_token
+        self.stream_loss_weight = stream_loss_weight
+        self._store: Any = None  # opened lazily in each DataLoader worker
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self._store is None:
+            self._store = open_store(self.store_path)
+        s = self.samples[i]
+        pts = self._store.pts_seconds(s.video_id)
+        lo, hi = frames_for_window(pts, s.start_seconds, s.stop_seconds, fps=self.fps)
+        enc = encode_conversation(
+            self.tokenizer,
+            to_conversation(s, pts, lo, hi),
+            v_token=self.v_token,
+            frame_tokens=self.frame_tokens,
+            stream_loss_weight=self.stream_loss_weight,
+        )
+        tokens, _ = self._store.read(s.video_id, lo, hi)
+        return {
+            "sample_id": s.sample_id,
+            "input_ids": enc.input_ids,
+            "labels": enc.labels,
+            "weights": enc.weights,
+            "frames": torch.from_numpy(tokens.astype(np.float32)),
+        }
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything a training rank needs (plain values, picklable to workers and SLURM tasks)."""
+
+    store: str
+    data: DataConfig
+    model: LiveConfig
+    output_dir: str
+    max_steps: int
+    lr: float = 2e-4
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    grad_accum: int = 8
+    max_grad_norm: float = 1.0
+    save_every: int = 500
+    log_every: int = 10
+    num_workers: int = 2
+    seed: int = 42
+    world_size: int = 1
+    autocast: str = "auto"
+    progress: bool = True
+    losses_file: str | None = None  # per-step losses as JSON lines (tests, sweeps)
+    stop_after: int | None = None  # stop at this step as if preempted (tests)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    ckpts = [p for p in ckpts if (p / "trainer.pt").exists()]
+    return ckpts[-1] if ckpts else None
+
+
+class Trainer:
+    """One rank of a training run: ``setup()``, then ``loop()``; rank 0 saves and logs."""
+
+    def __init__(self, spec: TrainSpec, rank: int, world: int) -> None:
+        self.spec, self.rank, self.world = spec, rank, world
+        self.out = Path(spec.output_dir)
+        self.device = torch.device(
+            f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+        )
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        spec = self.spec
+        if self.world > 1:
+            import torch.distributed as dist
+
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend, rank=self.rank, world_size=self.world)
+        self._seed(spec.seed)
+        self.model, self.tokenizer = build_live(spec.model)
+        self.model.to(self.device)
+        self.ddp: Any = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        self.params = trainable_parameters(self.model)
+        self.optimizer = torch.optim.AdamW(self.params, lr=spec.lr, weight_decay=spec.weight_decay)
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.scheduler = get_cosine_schedule_with_warmup(
+            self.optimizer, math.ceil(spec.warmup_ratio * spec.max_steps), spec.max_steps
+        )
+        self.dataset = StreamDataset(
+            spec.store,
+            read_samples(spec.data),
+            self.tokenizer,
+            fps=spec.data.fps,
+            frame_tokens=spec.model.frame_tokens,
+            v_token=spec.model.v_token,
+            stream_loss_weight=spec.model.stream_loss_weight,
+        )
+        from torch.utils.data.distributed import DistributedSampler
+
+        # The same sampler on 1 or N ranks: N ranks see the 1-rank order interleaved, so a step
+        # covers the same samples whatever the world size (given world * grad_accum constant).
+        self.sampler: DistributedSampler[int] = DistributedSampler(
+            self.dataset, num_replicas=self.world, rank=self.rank, seed=spec.seed, drop_last=True
+        )
+        if len(self.sampler) == 0:
+            raise ValueError(f"{len(self.dataset)} samples cannot feed {self.world} ranks")
+        self.state = TrainState()
+        self._resume()
+        self.tb = None
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
+
+    def _seed(self, seed: int) -> None:
+        random.seed(seed + self.rank)
+        np.random.seed(seed + self.rank)
+        torch.manual_seed(seed + self.rank)
+
+    def _resume(self) -> None:
+        ckpt = _latest_checkpoint(self.out)
+        if ckpt is None:
+            return
+        state = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
+        named = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                named[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.state = TrainState(step=state["step"], history=state["history"])
+        rng = torch.load(ckpt / f"rng-rank{self.rank}.pt", map_location="cpu", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if self.rank == 0:
+            print(f"train: resumed from {ckpt} at step {self.state.step}", file=sys.stderr)
+
+    # -- loop -----------------------------------------------------------------------------
+
+    def batches(self) -> Any:
+        """Samples in the fixed order, starting where ``state.step`` left off."""
+        spec = self.spec
+        per_epoch = len(self.sampler)
+        consumed = self.state.step * spec.grad_accum
+        epoch, skip = divmod(consumed, per_epoch)
+        while True:
+            self.sampler.set_epoch(epoch)
+            order = list(self.sampler)[skip:]
+            loader = torch.utils.data.DataLoader(
+                torch.utils.data.Subset(self.dataset, order),
+                batch_size=None,
+                num_workers=spec.num_workers,
+                persistent_workers=False,
+            )
+            yield from loader
+            epoch, skip = epoch + 1, 0
+
+    def step(self, micro: list[dict[str, Any]]) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` samples (gradients averaged)."""
+        spec = self.spec
+        totals = {"loss": 0.0, "lm_loss": 0.0, "stream_loss": 0.0, "frames": 0.0}
+        for i, sample in enumerate(micro):
+            sync = i == len(micro) - 1
+            ctx = self.ddp.no_sync() if self.world > 1 and not sync else _nullcontext()
+            with ctx, self._autocast():
+                out = self.ddp(
+                    sample["input_ids"].to(self.device),
+                    sample["frames"].to(self.device),
+                    labels=sample["labels"].to(self.device),
+                    weights=sample["weights"].to(self.device),
+                )
+                (out.loss.total / len(micro)).backward()
+            totals["loss"] += float(out.loss.total.detach()) / len(micro)
+            totals["lm_loss"] += float(out.loss.lm.detach()) / len(micro)
+            totals["stream_loss"] += float(out.loss.stream.detach()) / len(micro)
+            totals["frames"] += len(sample["frames"])
+        if spec.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, spec.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self._reduce(totals)
+
+    def _autocast(self) -> Any:
+        mode = self.spec.autocast
+        if mode == "auto":
+            mode = "bfloat16" if self.device.type == "cuda" else "off"
+        if mode == "off":
+            return _nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, mode))
+
+    def _reduce(self, totals: dict[str, float]) -> dict[str, float]:
+        if self.world == 1:
+            return totals
+        import torch.distributed as dist
+
+        t = torch.tensor(list(totals.values()), dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        means = (t / self.world).tolist()
+        out = dict(zip(totals, means, strict=True))
+        out["frames"] *= self.world  # frames are summed, not averaged
+        return out
+
+    def loop(self) -> TrainState:
+        spec = self.spec
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=spec.max_steps,
+            initial=self.state.step,
+            desc="train",
+            disable=not (spec.progress and self.rank == 0),
+        )
+        it = self.batches()
+        t0 = time.perf_counter()
+        while self.state.step < spec.max_steps:
+            micro = [next(it) for _ in range(spec.grad_accum)]
+            metrics = self.step(micro)
+            self.state.step += 1
+            elapsed = time.perf_counter() - t0
+            metrics["lr"] = self.scheduler.get_last_lr()[0]
+            metrics["frames_per_second"] = metrics["frames"] / max(elapsed, 1e-9)
+            t0 = time.perf_counter()
+            self.state.history.append({"step": self.state.step, **metrics})
+            self._log(metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
+            if self.state.step % spec.save_every == 0 or self.state.step == spec.max_steps:
+                self.save()
+            if spec.stop_after is not None and self.state.step >= spec.stop_after:
+                break
+        bar.close()
+        return self.state
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        if self.rank != 0:
+            return
+        step = self.state.step
+        if self.tb is not None and (step % self.spec.log_every == 0 or step == 1):
+            for k, v in metrics.items():
+                self.tb.add_scalar(f"train/{k}", v, step)
+        if self.spec.losses_file:
+            with open(self.spec.losses_file, "a") as f:
+                f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def save(self) -> None:
+        """Checkpoint to ``checkpoints/step-N`` (adapter + connector in safetensors, optimizer,
+        scheduler, RNG per rank), written to a temp folder and renamed: never half-written."""
+        step = self.state.step
+        final = self.out / "checkpoints" / f"step-{step:07d}"
+        tmp = final.with_name(final.name + ".tmp")
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self._barrier()
+        rng = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+        torch.save(rng, tmp / f"rng-rank{self.rank}.pt")
+        if self.rank == 0:
+            save_trainable(self.model, tmp / "adapter")
+            trainable = {
+                n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad
+            }
+            torch.save(
+                {
+                    "trainable": trainable,
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "step": step,
+                    "history": self.state.history,
+                    "spec": asdict(self.spec),
+                },
+                tmp / "trainer.pt",
+            )
+        self._barrier()
+        if self.rank == 0:
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(tmp, final)
+            print(f"train: saved {final}", file=sys.stderr)
+        self._barrier()
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def cleanup(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def train_rank(spec: TrainSpec, rank: int, world: int) -> dict[str, Any]:
+    """Run one rank (MASTER_ADDR/MASTER_PORT set by the launcher when world > 1)."""
+    trainer = Trainer(spec, rank, world)
+    trainer.setup()
+    try:
+        state = trainer.loop()
+    finally:
+        trainer.cleanup()
+    return {"step": state.step, "history": state.history}
+
+
+class TrainJob:
+    """``python run.py job=train store=... data=<format> data.annotations=... model.llm=...``"""
+
+    def __init__(
+        self,
+        *,
+        store: str,
+        data: DataConfig,
+        model: dict[str, Any],
+        launcher: Launcher,
+        output_dir: str,
+        **train: Any,
+    ) -> None:
+        known = {f.name for f in fields(TrainSpec)} - {"store", "data", "model", "output_dir"}
+        unknown = sorted(set(train) - known)
+        if unknown:
+            raise TypeError(f"unknown train option(s) {unknown}; valid: {sorted(known)}")
+        self.store, self.data, self.model_cfg = store, data, dict(model)
+        self.launcher, self.output_dir, self.train = launcher, output_dir, train
+
+    def spec(self) -> TrainSpec:
+        attrs = open_store(self.store).layout
+        model = dict(self.model_cfg)
+        # The cached features decide the connector's input: take them from the store.
+        model["vision_dim"] = model.get("vision_dim") or attrs["dim"]
+        model["frame_tokens"] = model.get("frame_tokens") or attrs["tokens_per_frame"]
+        if (model["vision_dim"], model["frame_tokens"]) != (
+            attrs["dim"],
+            attrs["tokens_per_frame"],
+        ):
+            raise ValueError(
+                f"model.vision_dim/frame_tokens = {model['vision_dim']}/{model['frame_tokens']} "
+                f"but the store holds {attrs['tokens_per_frame']} x {attrs['dim']} tokens per frame"
+            )
+        return TrainSpec(
+            store=self.store,
+            data=self.data,
+            model=LiveConfig(**model),
+            output_dir=self.output_dir,
+            **self.train,
+        )
+
+    def run(self) -> int:
+        spec = self.spec()
+        Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
+        print(f"train: {spec.world_size} rank(s) -> {spec.output_dir}", file=sys.stderr)
+        result = self.launcher.run_ranks(functools.partial(train_rank, spec), spec.world_size)
+        if result is None:
+            print(f"train: submitted; checkpoints will appear in {spec.output_dir}/checkpoints")
+            return 0
+        last = result["history"][-1] if result["history"] else {}
+        print(
+            f"train: {result['step']} steps, last loss {last.get('loss', float('nan')):.4f}; "
+            f"checkpoints in {Path(spec.output_dir).absolute() / 'checkpoints'}"
+        )
+        return 0
