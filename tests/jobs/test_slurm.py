@@ -90,7 +90,8 @@ def test_requeued_task_continues_without_redoing_done_videos(
     tmp_path: Path, tiny_siglip: Path
 ) -> None:
     videos = tmp_path / "videos"
-    make_videos(videos, N_LONG, 6.0)  # long enough to be interrupted mid-run
+    # Long enough that the task cannot finish within SLURM's KillWait (5 s) after the requeue.
+    make_videos(videos, N_LONG, 20.0)
     store = tmp_path / "out.zarr"
     args = [
         "job=extract",
