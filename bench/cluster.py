@@ -46,8 +46,14 @@ def launcher_for(name: str, workers: int, store: Path) -> Any:
     if name == "ray":
         from jobs.ray_launcher import RayLauncher
 
+        # A "worker" is one CPU of the embedded Ray, shared by the encoder actor and decode tasks.
         return RayLauncher(
-            shards=workers, num_cpus=2, encoder_actors=workers, max_in_flight=2, decode_num_cpus=1
+            shards=2,
+            num_cpus=workers,
+            encoder_actors=1,
+            encoder_num_cpus=workers / 2,
+            decode_num_cpus=workers / 2,
+            max_in_flight=2,
         )
     if name == "slurm":
         from jobs.slurm import SlurmLauncher

@@ -276,8 +276,10 @@ class ExtractJob:
             f"{len(pending)} with work left, {type(self.launcher).__name__})",
             file=sys.stderr,
         )
-        fn = functools.partial(run_shard, spec, **self.launcher.extract_kwargs(spec))
-        results = self.launcher.run(fn, shards, pending)
+        results: list[ShardResult | None] = []
+        if pending:  # nothing left: no cluster to start, no model to load
+            fn = functools.partial(run_shard, spec, **self.launcher.extract_kwargs(spec))
+            results = self.launcher.run(fn, shards, pending)
         if not self.launcher.waits:
             print(
                 f"extract: submitted {len(pending)} shard(s); follow with: "
