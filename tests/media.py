@@ -1,11 +1,85 @@
-"""Generate real video files whose frames show their own index (for tests and benchmarks).
+"""Real video files, made with ffmpeg, whose frames show their own index (tests, benchmarks).
 
-Draft: the torchcodec observations section is filled in below once measured.
+API
+---
+``make_video(path, seconds=, fps=, width=, height=, codec=, rotation=, pix_fmt=, faststart=,
+gop=, extra_args=)`` -> ``GeneratedVideo`` (CFR; frame k has pts k/fps from 0),
+``make_vfr_video(path, pts_seconds=, ...)`` (VFR H.264 mp4), ``read_index(frame)`` /
+``read_indices(frames)`` (index drawn in a decoded RGB frame), ``make_bad_inputs(dir)`` and
+``unprivileged()`` (drop root to test the "unreadable" input). Every ``GeneratedVideo`` keeps
+the exact argv that made it in ``command`` (torchcodec's test-asset convention).
+
+Frame code
+----------
+The top half of each *displayed* frame is a 2x12 grid of cells (row-major), each fully black
+or white: cell 0 = 1, cell 1 = 0 (start markers), cells 2..21 = the 20-bit index (MSB first),
+cell 22 = parity of the index bits, cell 23 = 0. The bottom half is a smooth moving sine
+pattern, so encoders see changing content. The code is gray (neutral chroma, so 4:2:0 does no
+harm) and ``read_index`` averages the central half of each cell, so it survives heavy
+compression and odd sizes down to ``MIN_WIDTH`` x ``MIN_HEIGHT``. A frame in the wrong
+orientation, mirrored, or not ours fails the markers/parity/cleanliness checks with
+``ValueError`` instead of returning a wrong index.
+
+Rotation: ``rotation=R`` writes a display matrix (the mp4 ``rotate`` tag) and stores the
+frames pre-rotated, so a decoder that honours the matrix (torchcodec, ffmpeg's autorotate)
+returns upright frames of ``width`` x ``height`` in which ``read_index`` works; one that ignores
+it gets stored frames whose code does not decode. torchcodec reports ``metadata.rotation`` as
+R normalised to (-180, 180] degrees counter-clockwise (90 -> 90.0, 180 -> -180.0,
+270 -> -90.0) and ``metadata.width/height`` as the display size. ffmpeg 5.1 has no
+``-display_rotation`` and only honours ``-metadata:s:v:0 rotate=R`` when stream-copying, so
+rotated videos are encoded to NUT on a pipe and remuxed with ``-c copy``; their ``command`` is
+``["bash", "-o", "pipefail", "-c", "<ffmpeg ...> | <ffmpeg ...>"]``.
+
+Odd sizes: H.264/HEVC cannot code odd widths/heights in 4:2:0 (cropping is in whole chroma
+samples), so ``make_video`` raises ``ValueError`` there; use ``pix_fmt="yuv444p"`` (VP9 and
+MPEG-4 part 2 take odd 4:2:0 sizes).
+
+Bad inputs and what torchcodec 0.17 does with them
+--------------------------------------------------
+Observed with ``VideoDecoder(path, seek_mode="exact")`` (FFmpeg 5.1) and checked by
+tests/test_media.py. torchcodec raises no OSError subclasses: everything is ``RuntimeError``
+except a missing video stream (``ValueError``); messages start with a C++ location such as
+``SingleStreamDecoder, .../SingleStreamDecoder.cpp:41, `` and the path appears in them.
+
+* ``zero_bytes`` (0-byte .mp4), ``text_as_mp4`` (text named .mp4) and ``truncated`` (a
+  non-faststart mp4 cut to 40%, so the trailing moov atom is gone): raise at open,
+  ``RuntimeError: ... Could not open input file: <path> Invalid data found when processing
+  input``.
+* ``missing``: raises at open, ``RuntimeError: ... Could not open input file: <path> No such file
+  or directory`` (not FileNotFoundError).
+* ``audio_only`` (AAC from ``sine`` in an .mp4): raises at open, ``ValueError: The best video
+  stream is unknown and there is no specified stream. This should never happen. Please report
+  an issue ...``.
+* ``unreadable`` (a valid video, chmod 000): as root it opens and decodes normally
+  (CAP_DAC_OVERRIDE ignores the mode bits), so run the open inside ``unprivileged()``, which
+  drops the effective uid to nobody; then it raises at open, ``RuntimeError: ... Could not open
+  input file: <path> Permission denied``. The file's directories must be searchable by nobody
+  (pytest's tmp dirs are 0700; the error is then the same, but for the directory).
+* ``fails_midway`` (a faststart 2 s, 30 fps mp4, gop 10, cut in the middle of the packet at
+  ~60% of the bytes): the header (moov) is intact, so it OPENS fine and the header still says
+  ``num_frames_from_header == 60``, ``duration_seconds_from_header == 2.0``. The exact-mode scan
+  only finds the packets present: ``num_frames_from_content`` ~25 and
+  ``end_stream_seconds_from_content`` ~0.87 s (``len(decoder)`` and ``end_stream_seconds``
+  follow the content). Then, reliably:
+  - ``get_frames_played_at(seconds=[t])`` for t past the content end (e.g. 1.5 s, inside the
+    header duration) raises ``RuntimeError: ... frame pts is 1.500000; must be less than
+    0.866667.`` (a bounds check, before any decoding);
+  - frames before the cut decode correctly (0 s and 0.5 s give indices 0 and 15);
+  - decoding near the cut (the cut packet and frames referencing it) raises
+    ``RuntimeError: ... Could not push packet to decoder: Invalid data found when processing
+    input``, so decoding every frame (``decoder[:]``) raises;
+  - with ``seek_mode="approximate"`` ``len(decoder)`` is the header's 60, near the cut the same
+    "Could not push packet" error, and past it ``RuntimeError: Requested next frame while there
+    are no more frames left to decode.``
+  So a robust caller compares ``num_frames_from_header`` with ``num_frames_from_content`` (or
+  the header duration with ``end_stream_seconds_from_content``) right after opening.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import math
 import os
 import shlex
@@ -49,8 +123,6 @@ _ENCODER_ARGS: dict[str, list[str]] = {
         "20",
         "-x265-params",
         "log-level=error",
-        "-tag:v",
-        "hvc1",
     ],
     "vp9": [
         "-c:v",
@@ -74,14 +146,15 @@ _CONTAINERS: dict[str, tuple[str, ...]] = {
     "vp9": (".webm", ".mp4"),
     "mpeg4": (".mp4",),
 }
-# Stored frame = display frame rotated counter-clockwise by the rotation, so that a decoder
-# that honours the display matrix (rotate tag = clockwise display rotation) shows it upright.
+# Stored frame = display frame turned R degrees clockwise: a decoder honouring the display
+# matrix written for `rotate=R` turns it R degrees counter-clockwise, back upright.
 _PRE_ROTATE = {0: "", 90: "transpose=clock", 180: "hflip,vflip", 270: "transpose=cclock"}
 
 
 @dataclass(frozen=True)
 class GeneratedVideo:
-    """A video written by this module; ``command`` is the exact ffmpeg argv that made it."""
+    """A video written by this module; ``command`` is the exact argv that made it (an ffmpeg
+    call, or for rotated videos a ``bash -o pipefail -c`` pipeline of two ffmpeg calls)."""
 
     path: Path
     command: list[str]
@@ -166,11 +239,11 @@ def make_video(
 
     ``num_frames = max(1, round(seconds * fps))``; frame k has pts ``k / fps`` exactly
     (``fps`` may be a rational string such as ``"30000/1001"``). ``width``/``height`` are the
-    display size; ``rotation`` (0/90/180/270, clockwise, written as the mp4 ``rotate`` tag,
-    i.e. a display matrix) makes the *stored* frames rotated so the displayed frames are upright
-    and ``read_index`` works on what a rotation-aware decoder returns. ``gop=None`` keeps the
-    encoder's default keyframe interval. ``faststart`` only applies to mp4. ``extra_args`` are
-    output options inserted just before the output path.
+    display size; ``rotation`` (a multiple of 90, mp4 only) writes a display matrix and stores
+    pre-rotated frames so that what a rotation-aware decoder returns is upright (module
+    docstring). ``gop=None`` keeps the encoder's default keyframe interval. ``faststart`` only
+    applies to mp4. ``extra_args`` are output options placed after the encoder options (so they
+    can override them, e.g. ``["-crf", "40"]``) and before the output path.
     """
     path = Path(path)
     if codec not in _ENCODER_ARGS:
@@ -215,6 +288,8 @@ def make_video(
         cmd += ["-g", str(gop)]
     cmd += list(extra_args)
     mux = ["-movflags", "+faststart"] if suffix == ".mp4" and faststart else []
+    if codec == "hevc":
+        mux += ["-tag:v", "hvc1"]  # the tag Apple players need; a muxer option, not for NUT
     if rotation:
         # ffmpeg 5.1 has no -display_rotation, and its CLI turns a `rotate` tag into a display
         # matrix only when stream-copying. So encode to NUT on a pipe and remux with -c copy.
@@ -251,26 +326,35 @@ def make_vfr_video(
     pts_seconds: Sequence[float],
     width: int = 320,
     height: int = 240,
+    last_duration: float = 1 / 30,
 ) -> GeneratedVideo:
     """Encode a variable-frame-rate H.264 mp4 where frame k shows index k at pts_seconds[k].
 
     Built in one ffmpeg call: a CFR source is retimed with ``setpts`` (an expression in N that
     looks up the wanted pts on a 1/90000 timebase), passed through unchanged with
     ``-fps_mode passthrough`` and muxed with a 90 kHz track timescale, so pts are exact up to
-    1/90000 s. Requires strictly increasing, non-negative pts.
+    1/90000 s. No B-frames, so dts == pts and there is no edit list. The last frame lasts
+    ``last_duration`` (the muxer derives a missing packet duration from the source rate, set to
+    1/last_duration), so the stream ends at ``pts_seconds[-1] + last_duration``; with B-frames
+    it got duration 0 and was unreachable by ``get_frames_played_at``. Requires strictly
+    increasing, non-negative pts.
     """
     path = Path(path)
     if path.suffix.lower() != ".mp4":
         raise ValueError(f"VFR video must be .mp4: {path}")
     ticks = [round(t * 90_000) for t in pts_seconds]
-    if not ticks or ticks[0] < 0 or any(b <= a for a, b in zip(ticks, ticks[1:])):
+    if not ticks or ticks[0] < 0 or any(b <= a for a, b in itertools.pairwise(ticks)):
         raise ValueError("pts_seconds must be non-empty, non-negative and strictly increasing")
     if len(ticks) > MAX_FRAMES:
         raise ValueError(f"at most {MAX_FRAMES} frames can be indexed, got {len(ticks)}")
     _check_size(width, height, "h264", "yuv420p")
+    if last_duration <= 0:
+        raise ValueError(f"last_duration must be positive, got {last_duration}")
+    src_rate = 1 / Fraction(last_duration).limit_denominator(90_000)
     # Sum of eq(N,k)*tick_k: a flat lookup table (a nested if() chain would recurse deeply).
     lookup = _esc("+".join(f"eq(N,{k})*{t}" for k, t in enumerate(ticks)))
-    graph = f"{_source_graph(width, height, 30)},settb=1/90000,setpts='{lookup}',format=yuv420p"
+    graph = f"{_source_graph(width, height, src_rate)},settb=1/90000,setpts='{lookup}'"
+    graph += ",format=yuv420p"
     cmd = [
         FFMPEG,
         "-hide_banner",
@@ -291,6 +375,8 @@ def make_vfr_video(
         "-video_track_timescale",
         "90000",
         *_ENCODER_ARGS["h264"],
+        "-bf",
+        "0",
         "-pix_fmt",
         "yuv420p",
         "-an",
@@ -304,7 +390,7 @@ def make_vfr_video(
 
 
 def _to_luma(frame: torch.Tensor | np.ndarray) -> np.ndarray:
-    arr = frame.detach().cpu().numpy() if hasattr(frame, "detach") else np.asarray(frame)
+    arr = frame if isinstance(frame, np.ndarray) else frame.detach().cpu().numpy()
     if arr.ndim == 2:
         return arr.astype(np.float32)
     if arr.ndim != 3:
@@ -401,9 +487,26 @@ def make_bad_inputs(directory: str | os.PathLike[str]) -> dict[str, Path]:
     fm = make_video(d / "_full_faststart.mp4", seconds=2, width=64, height=48, gop=10).path
     data = fm.read_bytes()
     out["fails_midway"] = d / "fails_midway.mp4"
-    out["fails_midway"].write_bytes(data[: int(len(data) * 0.6)])
+    out["fails_midway"].write_bytes(data[: _mid_packet_offset(fm, 0.6)])
     fm.unlink()
     return out
+
+
+def _mid_packet_offset(path: Path, fraction: float) -> int:
+    """Byte offset in the middle of the video packet at ``fraction`` of the file.
+
+    Cutting mid-packet (not on a packet boundary by chance) guarantees a damaged last packet, so
+    decoding near the cut raises instead of merely ending early.
+    """
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+         "packet=pos,size", "-of", "json", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    packets = sorted((int(p["pos"]), int(p["size"])) for p in json.loads(probe.stdout)["packets"])
+    target = path.stat().st_size * fraction
+    pos, size = next((p for p in packets if p[0] + p[1] > target), packets[-1])
+    return pos + max(1, size // 2)
 
 
 @contextlib.contextmanager
