@@ -173,6 +173,7 @@ class StreamDataset(torch.utils.data.Dataset):
             "labels": enc.labels,
             "weights": enc.weights,
             "frames": torch.from_numpy(tokens.astype(np.float32)),
+            "encoded": enc,  # the positions evaluation needs
         }
 
 
@@ -502,6 +503,8 @@ class TrainJob:
     def spec(self) -> TrainSpec:
         attrs = open_store(self.store).layout
         model = dict(self.model_cfg)
+        if model.pop("adapter", None):
+            raise ValueError("model.adapter is for job=eval/stream; training starts a new adapter")
         # The cached features decide the connector's input: take them from the store.
         model["vision_dim"] = model.get("vision_dim") or attrs["dim"]
         model["frame_tokens"] = model.get("frame_tokens") or attrs["tokens_per_frame"]

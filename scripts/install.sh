@@ -28,6 +28,16 @@ if ! command -v ffmpeg >/dev/null || ! ldconfig -p | grep -q 'libavcodec\.so'; t
   apt_install ffmpeg
 fi
 
+# Chromium renders the eval report in its test (headless screenshot).
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    apt_install chromium
+  else
+    echo "note: chromium is missing (the report screenshot test needs it): sudo apt-get install chromium" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

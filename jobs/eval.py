@@ -1,0 +1,173 @@
+"""The eval job: teacher-forced streaming metrics per sample, sharded, resumable, merged.
+
+``python run.py job=eval store=S data=ego4d_narration data.split=val model.adapter=CKPT
+eval.threshold=0.0 launcher=slurm launcher.shards=32``
+
+Each shard appends one JSON line per finished sample to ``OUT/results/shard-NNNNN.jsonl`` (a rerun
+skips the samples already there); the merge step reads every shard's lines and writes
+``OUT/summary.json`` (means, counts, 95% confidence intervals) and the HTML report.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cache.journal import read_journal
+from jobs.launchers import Launcher
+from jobs.train import DataConfig, StreamDataset, read_samples
+
+METRICS = ("lm_ppl", "time_diff", "fluency", "lm_correctness", "lm_accuracy")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Everything an eval shard needs (plain values)."""
+
+    store: str
+    data: DataConfig
+    adapter: str
+    llm: str | None
+    output_dir: str
+    threshold: float = 0.0
+    max_samples: int | None = None
+
+
+def _load(spec: EvalSpec) -> tuple[Any, Any, StreamDataset]:
+    from models.live import load_trainable
+
+    model, tokenizer = load_trainable(spec.adapter, llm=spec.llm)
+    samples = read_samples(spec.data)[: spec.max_samples]
+    ds = StreamDataset(
+        spec.store,
+        samples,
+        tokenizer,
+        fps=spec.data.fps,
+        frame_tokens=model.cfg.frame_tokens,
+        v_token=model.cfg.v_token,
+        stream_loss_weight=model.cfg.stream_loss_weight,
+    )
+    return model, tokenizer, ds
+
+
+def eval_shard(spec: EvalSpec, shard: int, shard_count: int) -> int:
+    """Evaluate samples ``shard::shard_count``, appending results; returns how many were new."""
+    from models.evaluate import evaluate_sample
+
+    model, _, ds = _load(spec)
+    path = Path(spec.output_dir) / "results" / f"shard-{shard:05d}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = {r["sample_id"] for r in read_journal(path)}
+    device = next(model.parameters()).device
+    new = 0
+    for i in range(shard, len(ds), shard_count):
+        s = ds.samples[i]
+        if s.sample_id in done:
+            continue
+        item = ds[i]
+        metrics = evaluate_sample(
+            model,
+            item["encoded"],
+            item["frames"].to(device),
+            fps=spec.data.fps,
+            threshold=spec.threshold,
+        )
+        record = {
+            "sample_id": s.sample_id,
+            "video_id": s.video_id,
+            "start_seconds": s.start_seconds,
+            **metrics.reference_values(),
+            "lm_accuracy": metrics.lm_accuracy,
+            "turns": [asdict(t) for t in metrics.turns],
+        }
+        with open(path, "a") as f:  # one line per sample: a kill loses at most this sample
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        new += 1
+    return new
+
+
+def merge(output_dir: str | Path) -> dict[str, Any]:
+    """Read every shard's results and write ``summary.json``: per metric the mean, count and a
+    95% normal confidence interval of the mean (1.96 standard errors)."""
+    out = Path(output_dir)
+    records: dict[str, dict[str, Any]] = {}
+    for path in sorted((out / "results").glob("shard-*.jsonl")):
+        for r in read_journal(path):
+            records[r["sample_id"]] = r
+    summary: dict[str, Any] = {"samples": len(records)}
+    for m in METRICS:
+        values = [float(r[m]) for r in records.values() if r.get(m) is not None]
+        n = len(values)
+        mean = sum(values) / n if n else None
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 and mean else 0.0
+        half = 1.96 * sd / math.sqrt(n) if n > 1 else None
+        summary[m] = {
+            "mean": mean,
+            "n": n,
+            "ci95": [mean - half, mean + half] if half is not None and mean is not None else None,
+        }
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    os.replace(tmp, out / "summary.json")
+    return summary
+
+
+class EvalJob:
+    """``python run.py job=eval store=... data=... model.adapter=CKPT eval.threshold=0.0``"""
+
+    def __init__(
+        self,
+        *,
+        store: str,
+        data: DataConfig,
+        adapter: str | None,
+        llm: str | None,
+        launcher: Launcher,
+        output_dir: str,
+        threshold: float = 0.0,
+        max_samples: int | None = None,
+        report: bool = True,
+    ) -> None:
+        if not adapter:
+            raise ValueError("job=eval needs a trained checkpoint: set model.adapter=<dir>")
+        self.spec = EvalSpec(
+            store=store,
+            data=data,
+            adapter=adapter,
+            llm=llm,
+            output_dir=output_dir,
+            threshold=threshold,
+            max_samples=max_samples,
+        )
+        self.launcher = launcher
+        self.report = report
+
+    def run(self) -> int:
+        spec = self.spec
+        Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
+        shards = self.launcher.shard_count
+        print(f"eval: {shards} shard(s) -> {spec.output_dir}", file=sys.stderr)
+        self.launcher.run(functools.partial(eval_shard, spec), shards)
+        if not self.launcher.waits:
+            print("eval: submitted; merge later with python run.py job=eval ... (same command)")
+            return 0
+        summary = merge(spec.output_dir)
+        line = ", ".join(
+            f"{m} {summary[m]['mean']:.4g}" for m in METRICS if summary[m]["mean"] is not None
+        )
+        print(f"eval: {summary['samples']} samples: {line}")
+        if self.report:
+            from jobs.report import write_report
+
+            page = write_report(spec.output_dir, fps=spec.data.fps)
+            print(f"eval: report {page}")
+        print(f"eval: summary {Path(spec.output_dir).absolute() / 'summary.json'}")
+        return 0
