@@ -82,12 +82,20 @@ class LocalLauncher:
         import os
         from concurrent.futures import ProcessPoolExecutor
 
-        # Rendezvous on this machine (spawned ranks inherit the environment).
-        os.environ["MASTER_ADDR"] = "127.0.0.1"
-        os.environ["MASTER_PORT"] = str(free_port())
-        with ProcessPoolExecutor(world_size, mp_context=mp.get_context("spawn")) as ex:
-            futures = [ex.submit(fn, rank, world_size) for rank in range(world_size)]
-            results = [f.result() for f in futures]
+        # Rendezvous on this machine: spawned ranks inherit the environment, which is restored
+        # afterwards so nothing launched later (e.g. an sbatch) sees this run's address.
+        saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT")}
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        try:
+            with ProcessPoolExecutor(world_size, mp_context=mp.get_context("spawn")) as ex:
+                futures = [ex.submit(fn, rank, world_size) for rank in range(world_size)]
+                results = [f.result() for f in futures]
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         return results[0]
 
 

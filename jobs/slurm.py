@@ -50,7 +50,9 @@ class RankTask(submitit.helpers.Checkpointable):
         self.fn = fn
 
     def __call__(self) -> Any:
-        env = submitit.helpers.TorchDistributedEnvironment().export()
+        # overwrite: sbatch copies the submitting shell's environment, which may hold another
+        # run's MASTER_ADDR/PORT; this job's own rendezvous must win.
+        env = submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
         return self.fn(env.rank, env.world_size)
 
 
