@@ -135,7 +135,7 @@ def test_requeued_task_continues_without_redoing_done_videos(
 
 def test_scancel_then_rerun_completes_only_the_rest(tmp_path: Path, tiny_siglip: Path) -> None:
     videos = tmp_path / "videos"
-    make_videos(videos, N_LONG, 6.0)  # long enough to be interrupted mid-run
+    make_videos(videos, N_LONG, 20.0)  # cannot finish within KillWait (5 s) after scancel
     store = tmp_path / "out.zarr"
     args = [
         "job=extract",
