@@ -135,18 +135,23 @@ FrameSource = Callable[[VideoTask, int], OpenedVideo]
 """``source(task, frame_size)`` opens a video (raising ``ValueError`` with the reason)."""
 
 
+def open_reader(path: str | Path, size: int, opts: DecodeOptions) -> FrameReader:
+    """A :class:`FrameReader` for ``path`` with the decode options of a run."""
+    return FrameReader(
+        path,
+        fps=opts.fps,
+        size=size,
+        chunk_frames=opts.chunk_frames,
+        budget_mb=opts.budget_mb,
+        threads=opts.threads,
+        seek_mode=opts.seek_mode,
+        device=opts.device,
+    )
+
+
 class _LocalVideo:
     def __init__(self, task: VideoTask, size: int, opts: DecodeOptions) -> None:
-        self.reader = FrameReader(
-            task.path,
-            fps=opts.fps,
-            size=size,
-            chunk_frames=opts.chunk_frames,
-            budget_mb=opts.budget_mb,
-            threads=opts.threads,
-            seek_mode=opts.seek_mode,
-            device=opts.device,
-        )
+        self.reader = open_reader(task.path, size, opts)
         self.record = {**probe_record(task, self.reader.probe, opts.fps)}
         self.record["num_frames"] = self.reader.num_frames
 

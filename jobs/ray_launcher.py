@@ -40,6 +40,7 @@ from extract.pipeline import (
     VideoTask,
     probe_record,
 )
+from extract.pipeline import open_reader as open_frame_reader
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +84,7 @@ def _cause(err: Exception) -> Exception:
 def _cached_reader(
     path: str, size: int, opts: DecodeOptions, stamp: tuple[int, int]
 ) -> FrameReader:
-    return FrameReader(
-        path,
-        fps=opts.fps,
-        size=size,
-        chunk_frames=opts.chunk_frames,
-        budget_mb=opts.budget_mb,
-        threads=opts.threads,
-        seek_mode=opts.seek_mode,
-        device=opts.device,
-    )
+    return open_frame_reader(path, size, opts)
 
 
 def open_reader(path: str, size: int, opts: DecodeOptions) -> FrameReader:
