@@ -40,8 +40,11 @@ def store_status(store: str | Path) -> dict[str, Any]:
 
         for shard, st in slurm_states(slurm_dir).items():
             shards.setdefault(shard, {"done": 0, "failed": 0, "frames": 0})["slurm"] = st
+    # Throughput from the first writer start to the last commit (not to now: a finished
+    # store's rate should not decay while it sits on disk).
     started = [r["started_at"] for r in index.runs.values()]
-    elapsed = time.time() - min(started) if started else 0.0
+    committed = [e.record["committed_at"] for e in index.videos.values()]
+    elapsed = max(committed) - min(started) if started and committed else 0.0
     return {
         "store": str(root.absolute()),
         "frames_per_second": round(frames / elapsed, 2) if elapsed > 0 else None,
@@ -83,8 +86,8 @@ def format_status(s: dict[str, Any]) -> str:
         f"features: {f['encoder']['type']} {f['weights']} @ {f['fps']} fps, "
         f"{f['tokens_per_frame']} x {f['dim']} {f['dtype']}",
         f"videos: {s['videos']} indexed: {s['done']} done, {s['failed']} failed; "
-        f"{s['frames']} frames ({s['frames_per_second']} frames/s since the first run "
-        f"started); {len(s['in_progress'])} in progress",
+        f"{s['frames']} frames ({s['frames_per_second']} frames/s from the first start to the "
+        f"last commit); {len(s['in_progress'])} in progress",
     ]
     now = time.time()
     for shard, st in sorted(s["shards"].items()):
