@@ -58,6 +58,25 @@ def slurm_state(job_id: str) -> str:
     return out or "GONE"
 
 
+def long_run(tmp_path: Path, tiny_siglip: Path) -> tuple[Path, list[str]]:
+    """One shard over videos long enough that the task cannot finish within SLURM's KillWait
+    (5 s) after a requeue or scancel (submitit ignores the SIGTERM that comes first)."""
+    videos = tmp_path / "videos"
+    make_videos(videos, N_LONG, 20.0)
+    store = tmp_path / "out.zarr"
+    args = [
+        "job=extract",
+        f"videos={videos}",
+        f"store={store}",
+        f"encoder.pretrained={tiny_siglip}",
+        *SLURM,
+        "launcher.shards=1",
+        "job.commit_interval_s=0",
+        "job.batch_frames=2",
+    ]
+    return store, args
+
+
 def test_array_extraction_with_a_failing_video(tmp_path: Path, tiny_siglip: Path) -> None:
     videos = tmp_path / "videos"
     make_videos(videos, 4, 1.5)
@@ -89,20 +108,7 @@ def test_array_extraction_with_a_failing_video(tmp_path: Path, tiny_siglip: Path
 def test_requeued_task_continues_without_redoing_done_videos(
     tmp_path: Path, tiny_siglip: Path
 ) -> None:
-    videos = tmp_path / "videos"
-    # Long enough that the task cannot finish within SLURM's KillWait (5 s) after the requeue.
-    make_videos(videos, N_LONG, 20.0)
-    store = tmp_path / "out.zarr"
-    args = [
-        "job=extract",
-        f"videos={videos}",
-        f"store={store}",
-        f"encoder.pretrained={tiny_siglip}",
-        *SLURM,
-        "launcher.shards=1",
-        "job.commit_interval_s=0",
-        "job.batch_frames=2",
-    ]
+    store, args = long_run(tmp_path, tiny_siglip)
     r = run_cli(*args, "launcher.wait=false", hydra_dir=tmp_path / "h")
     assert r.returncode == 0 and "job=status" in r.stdout, r.stderr[-2000:]
     job_id = task_job_id(store)
@@ -134,19 +140,7 @@ def test_requeued_task_continues_without_redoing_done_videos(
 
 
 def test_scancel_then_rerun_completes_only_the_rest(tmp_path: Path, tiny_siglip: Path) -> None:
-    videos = tmp_path / "videos"
-    make_videos(videos, N_LONG, 20.0)  # cannot finish within KillWait (5 s) after scancel
-    store = tmp_path / "out.zarr"
-    args = [
-        "job=extract",
-        f"videos={videos}",
-        f"store={store}",
-        f"encoder.pretrained={tiny_siglip}",
-        *SLURM,
-        "launcher.shards=1",
-        "job.commit_interval_s=0",
-        "job.batch_frames=2",
-    ]
+    store, args = long_run(tmp_path, tiny_siglip)
     r = run_cli(*args, "launcher.wait=false", hydra_dir=tmp_path / "h")
     assert r.returncode == 0, r.stderr[-2000:]
     job_id = task_job_id(store)
