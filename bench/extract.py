@@ -3,6 +3,9 @@ against ``ffmpeg -f null`` decoding and VideoLLM-online's re-encode recipe; stor
 
     .venv/bin/python bench/extract.py [--quick] [--seconds S] [--encoder ViT-B-32] [--repeats N]
 
+End to end is measured twice: with the default dynamic batching (the headline figure) and with
+``batching=fixed`` (bit-reproducible tokens; waits for full batches), side by side.
+
 Each round times every measurement once, side by side; the best (shortest) of the rounds is
 reported. The last line printed is one JSON object. See bench/README.md.
 """
@@ -32,7 +35,7 @@ import torch  # noqa: E402
 
 from extract.encoders import ClipConfig, Encoder  # noqa: E402
 from extract.frames import FrameReader  # noqa: E402
-from extract.pipeline import DecodeOptions  # noqa: E402
+from extract.pipeline import Batching, DecodeOptions  # noqa: E402
 from jobs.extract import ExtractSpec, _encoder, run_shard  # noqa: E402
 from jobs.inputs import VideoInput  # noqa: E402
 
@@ -230,12 +233,13 @@ def main() -> None:
     opts = DecodeOptions(fps=args.fps, threads=th)
     store = args.cache / "store-e2e"
 
-    def spec_for(videos: list[Path], root: Path) -> ExtractSpec:  # ExtractJob's defaults
+    def spec_for(videos: list[Path], root: Path, batching: Batching = "dynamic") -> ExtractSpec:
+        """ExtractJob's defaults, with these videos and this batching."""
         return ExtractSpec(
             store=str(root), videos=tuple(VideoInput(p.stem, p) for p in videos), encoder=cfg,
             decode=opts, batch_frames=args.batch, dtype="float16", chunk_frames=8,
             shard_frames=1024, segment_frames=4096, commit_interval_s=60.0, retry_failed=True,
-            encode_threads=th, progress=False,
+            encode_threads=th, progress=False, batching=batching,
         )  # fmt: skip
 
     # Warm-up (untimed): loads the encoder into run_shard's per-process cache (the same object
@@ -269,9 +273,10 @@ def main() -> None:
     # Per round: each video decoded by us then by ffmpeg, back to back (the two are compared),
     # then encode-only, end to end and the re-encode recipe over all videos.
     vids: dict[str, list[list[Run]]] = {k: [[] for _ in paths] for k in ("decode", "ffmpeg")}
-    runs: dict[str, list[Run]] = {"decode": [], "ffmpeg": [], "encode": [], "e2e": [], "re": []}
+    kinds = ("decode", "ffmpeg", "encode", "e2e", "fixed", "re")
+    runs: dict[str, list[Run]] = {k: [] for k in kinds}
     stages: list[dict[str, float]] = []
-    re_frames = e2e_frames = 0
+    re_frames = e2e_frames = fixed_frames = 0
     tmp = args.cache / "reencoded.mp4"
     wait, tries = args.settle, max(1, args.tries)
 
@@ -293,6 +298,11 @@ def main() -> None:
             prep=lambda: shutil.rmtree(store, ignore_errors=True),  # a fresh store each time
         )  # fmt: skip
         runs["e2e"].append(r)
+        fixed_frames, r = measure(
+            lambda: end_to_end(spec_for(paths, store, "fixed")), wait, tries,
+            prep=lambda: shutil.rmtree(store, ignore_errors=True),
+        )  # fmt: skip
+        runs["fixed"].append(r)
         (re_frames, st), r = measure(
             lambda: reencode_recipe(paths, tmp, size, args.fps, th, encoder, args.batch),
             wait,
@@ -303,8 +313,8 @@ def main() -> None:
         last = {k: v[-1] for k, v in runs.items()}
         print(f"round {i + 1}/{repeats}: " + ", ".join(f"{k} {r}" for k, r in last.items()))
     tmp.unlink(missing_ok=True)
-    if e2e_frames != n:
-        raise RuntimeError(f"end to end wrote {e2e_frames} frames, decode-only gave {n}")
+    if e2e_frames != n or fixed_frames != n:
+        raise RuntimeError(f"end to end wrote {e2e_frames}/{fixed_frames} frames, decode-only {n}")
 
     b = {k: best(v) for k, v in runs.items()}
     for k in ("decode", "ffmpeg"):  # per video best of the rounds, summed
@@ -314,8 +324,9 @@ def main() -> None:
     st = stages[runs["re"].index(b["re"])]
     tok_bytes = tree_bytes(store / "shards", "tokens")
     raw = n * encoder.tokens_per_frame * encoder.dim * 2
+    bound = min(fps["decode"], fps["encode"])
     metrics = {
-        "pipeline_efficiency": fps["e2e"] / min(fps["decode"], fps["encode"]),
+        "pipeline_efficiency": fps["e2e"] / bound,
         "decode_efficiency": src_fps["decode"] / src_fps["ffmpeg"],
         "speedup_vs_reencode": fps["e2e"] / fps["re"],
         "bytes_per_frame_ratio": tok_bytes / raw,
@@ -324,7 +335,8 @@ def main() -> None:
           f"summed), disturbed runs (others > {BUSY} cores) only if no other; cores = CPU time "
           "/ wall; others = other processes' cores meanwhile")  # fmt: skip
     labels = {"decode": "decode-only (FrameReader)", "ffmpeg": f"ffmpeg -threads {th} -f null"}
-    labels.update(encode="encode-only", e2e="end-to-end (run_shard)", re="re-encode recipe")
+    labels.update(encode="encode-only", e2e="end-to-end (run_shard)",
+                  fixed="end-to-end, fixed batching", re="re-encode recipe")  # fmt: skip
     for k, label in labels.items():
         src = f", {src_fps[k]:6.1f} source frames/s" if k in src_fps else ""
         print(f"  {label:26s} {fps[k]:6.2f} frames/s{src}  [{b[k]}]")
@@ -343,6 +355,8 @@ def main() -> None:
         decode_fps=round(fps["decode"], 3), decode_source_fps=round(src_fps["decode"], 2),
         ffmpeg_source_fps=round(src_fps["ffmpeg"], 2), encode_fps=round(fps["encode"], 3),
         end_to_end_fps=round(fps["e2e"], 3), reencode_fps=round(fps["re"], 3),
+        fixed_batching_fps=round(fps["fixed"], 3),
+        fixed_batching_pipeline_efficiency=round(fps["fixed"] / bound, 4),
         reencode_stages_s={k: round(v, 3) for k, v in st.items()}, encoder=args.encoder,
         autocast=encoder.autocast, image_size=size, batch=args.batch, threads=th, frames=n,
         source_frames=total_src, repeats=repeats, statistic="best (min wall time)",

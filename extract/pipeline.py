@@ -22,6 +22,7 @@ import torch
 from extract.frames import FrameReader, SeekMode, VideoProbe
 
 OutDtype = Literal["float16", "bfloat16"]
+Batching = Literal["dynamic", "fixed"]
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,12 @@ class DecodeOptions:
 
     fps: float = 2.0
     size: int | None = None
-    chunk_frames: int = 32
+    chunk_frames: int = 8
     budget_mb: float = 256.0
     threads: int = 1
     seek_mode: SeekMode = "exact"
     device: str = "cpu"
-    queue_chunks: int = 4
+    queue_chunks: int = 16
 
 
 class FrameEncoder(Protocol):
@@ -168,6 +169,13 @@ class ExtractPipeline:
     """Runs tasks through decode and ``encoder`` into ``sink``, reporting to ``on_event``.
 
     ``on_event(kind, video_id, frames)`` is called with kind ``"done"``/``"failed"``/``"frames"``.
+
+    ``batching="dynamic"`` (default) encodes whatever has been decoded as soon as the encoder is
+    free (at most ``batch_frames`` per call): the encoder never waits for a full batch at the
+    start of a run or after a slow video, and the last frames are not held back. Batches then
+    depend on timing, and encoders give results that differ in the last bits with batch
+    composition. ``batching="fixed"`` waits for ``batch_frames`` frames (in stream order) before
+    each encode, so tokens are bit-for-bit reproducible across runs and launchers.
     """
 
     def __init__(
@@ -177,6 +185,7 @@ class ExtractPipeline:
         *,
         decode: DecodeOptions,
         batch_frames: int = 32,
+        batching: Batching = "dynamic",
         out_dtype: OutDtype = "float16",
         on_event: Any = None,
         source: FrameSource | None = None,
@@ -191,7 +200,13 @@ class ExtractPipeline:
                 f"frame size {self.size} != encoder input size {encoder.image_size}; "
                 f"leave the frame size unset to use the encoder's"
             )
+        if batching not in ("dynamic", "fixed"):
+            raise ValueError(f"batching must be 'dynamic' or 'fixed', got {batching!r}")
+        if batch_frames < 1:
+            raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
         self.batch_frames = batch_frames
+        self.batching = batching
+        self.batch_sizes: list[int] = []  # frames per encoder call, in order (for tests/benches)
         self.out_dtype = out_dtype
         self.on_event = on_event or (lambda kind, vid, n: None)
         self.decode_seconds = 0.0
@@ -257,10 +272,22 @@ class ExtractPipeline:
                 item = q.get()
                 if item is _DONE:
                     break
+                # A chunk that overfills the batch is split: every encoder call but the last
+                # of a run gets exactly batch_frames frames (fixed batching).
+                while isinstance(item, _Frames):
+                    room = self.batch_frames - pending_frames
+                    if len(item.frames) <= room:
+                        break
+                    pending.append(_Frames(item.video_id, item.frames[:room], item.pts[:room],
+                                           item.record))  # fmt: skip
+                    self._flush(pending)
+                    pending, pending_frames = [], 0
+                    item = _Frames(item.video_id, item.frames[room:], item.pts[room:], item.record)
                 pending.append(item)
                 if isinstance(item, _Frames):
                     pending_frames += len(item.frames)
-                if pending_frames >= self.batch_frames:
+                eager = self.batching == "dynamic" and q.empty()  # nothing more decoded yet
+                if pending_frames >= self.batch_frames or eager:
                     self._flush(pending)
                     pending, pending_frames = [], 0
             self._flush(pending)
@@ -269,7 +296,7 @@ class ExtractPipeline:
             producer.join()
 
     def _flush(self, events: list[Any]) -> None:
-        """Encode all frames in ``events`` in batches, then deliver events in order."""
+        """Encode the frames in ``events`` (at most a batch), then deliver events in order."""
         frame_events = [e for e in events if isinstance(e, _Frames)]
         failed: dict[str, str] = {}
         tokens: dict[int, np.ndarray] = {}
@@ -277,11 +304,9 @@ class ExtractPipeline:
             allframes = torch.cat([e.frames for e in frame_events])
             owners = np.repeat(np.arange(len(frame_events)), [len(e.frames) for e in frame_events])
             t0 = time.perf_counter()
-            outs = []
+            self.batch_sizes.append(len(allframes))
             try:
-                for lo in range(0, len(allframes), self.batch_frames):
-                    outs.append(self.encoder.encode(allframes[lo : lo + self.batch_frames]))
-                encoded = torch.cat(outs)
+                encoded: torch.Tensor | None = self.encoder.encode(allframes)
             except Exception as e:  # noqa: BLE001 - an encoder error fails these videos only
                 for ev in frame_events:
                     failed[ev.video_id] = f"encoder failed: {type(e).__name__}: {e}"

@@ -22,6 +22,7 @@ from extract.encoders import (
 )
 from extract.frames import SeekMode
 from extract.pipeline import (
+    Batching,
     DecodeOptions,
     ExtractPipeline,
     FrameEncoder,
@@ -52,6 +53,7 @@ class ExtractSpec:
     retry_failed: bool
     encode_threads: int | None
     progress: bool = True
+    batching: Batching = "dynamic"
 
 
 @dataclass
@@ -176,6 +178,7 @@ def run_shard(
             writer,
             decode=spec.decode,
             batch_frames=spec.batch_frames,
+            batching=spec.batching,
             out_dtype=spec.dtype,
             on_event=on_event,
             source=source,
@@ -207,13 +210,14 @@ class ExtractJob:
         fps: float = 2.0,
         size: int | None = None,
         batch_frames: int = 32,
+        batching: Batching = "dynamic",
         dtype: Literal["float16", "bfloat16"] = "float16",
         decode_threads: int = 1,
-        decode_chunk_frames: int = 32,
+        decode_chunk_frames: int = 8,
         decode_budget_mb: float = 256.0,
         decode_device: str = "cpu",
         seek_mode: SeekMode = "exact",
-        queue_chunks: int = 4,
+        queue_chunks: int = 16,
         encode_threads: int | None = None,
         chunk_frames: int = 8,
         shard_frames: int = 1024,
@@ -226,6 +230,8 @@ class ExtractJob:
             raise ValueError(f"job.fps must be > 0, got {fps}")
         if dtype not in ("float16", "bfloat16"):
             raise ValueError(f"job.dtype must be float16 or bfloat16, got {dtype!r}")
+        if batching not in ("dynamic", "fixed"):
+            raise ValueError(f"job.batching must be dynamic or fixed, got {batching!r}")
         self.launcher = launcher
         self.videos = videos
         self.videos_root = videos_root
@@ -244,6 +250,7 @@ class ExtractJob:
                 queue_chunks=queue_chunks,
             ),
             batch_frames=batch_frames,
+            batching=batching,
             dtype=dtype,
             chunk_frames=chunk_frames,
             shard_frames=shard_frames,

@@ -42,10 +42,12 @@ def test_cli_ray_matches_local_bit_for_bit(tmp_path: Path, tiny_siglip: Path) ->
         f"videos={videos}",
         f"encoder.pretrained={tiny_siglip}",
         "job.batch_frames=4",
+        "job.batching=fixed",
         "job.progress=false",
     ]
-    # Same shard count on both sides: the tiny SigLIP on CPU is not batch-invariant (a frame's
-    # tokens move by ~6e-7 with the batch it is encoded in), and shards decide the batches.
+    # Same shard count and fixed batching on both sides: the tiny SigLIP on CPU is not
+    # batch-invariant (a frame's tokens move by ~6e-7 with the batch it is encoded in), so the
+    # batches must not depend on timing, and shards decide the batches.
     # The two runs overlap: the Ray one mostly waits on process start-up.
     with ThreadPoolExecutor(1) as pool:
         local_run = pool.submit(
