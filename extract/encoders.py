@@ -8,7 +8,10 @@ and CLIP ViTs through open_clip (CLS = the class token after ``ln_post``, before
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +53,56 @@ EncoderConfig = SiglipConfig | ClipConfig
 
 class EncoderLoadError(RuntimeError):
     pass
+
+
+HUB_PROBE_TIMEOUT_S = 5.0
+_hub_status: dict[str, str | None] = {}
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face hub (``HF_ENDPOINT``) cannot be reached; ``None`` if it can.
+
+    One quick request per endpoint and process: without it an unreachable hub costs about a
+    minute of the hub client's timeouts and retries before a load fails.
+    """
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT
+    if endpoint not in _hub_status:
+        why: str | None = None
+        try:
+            req = urllib.request.Request(endpoint, method="HEAD")
+            urllib.request.urlopen(req, timeout=timeout).close()
+        except urllib.error.HTTPError:
+            pass  # it answered
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            why = f"the hub {endpoint} is unreachable ({reason})"
+        _hub_status[endpoint] = why
+    return _hub_status[endpoint]
+
+
+@contextmanager
+def hub_access() -> Iterator[str | None]:
+    """Hub downloads as usual, or only the local cache (at once) when the hub is unreachable.
+
+    Yields why the hub is unreachable (for error messages), or ``None``.
+    """
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        yield "offline mode is set (HF_HUB_OFFLINE): only the local cache is used"
+        return
+    why = hub_unreachable()
+    if why is None:
+        yield None
+        return
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True  # the hub client and transformers read this at call time
+    try:
+        yield f"{why}: only the local cache is used"
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 def pool_tokens(cls_token: torch.Tensor, patches: torch.Tensor, pool: int) -> torch.Tensor:
@@ -138,6 +191,16 @@ def _is_local(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists()
 
 
+@contextmanager
+def _hub_or_local(local: bool) -> Iterator[str | None]:
+    """``hub_access()`` for hub ids; nothing to check for local files."""
+    if local:
+        yield None
+    else:
+        with hub_access() as why:
+            yield why
+
+
 def build_siglip(cfg: SiglipConfig) -> Encoder:
     """Load a SigLIP vision tower from a hub id or local directory (full SigLIP or vision-only)."""
     from transformers import SiglipVisionModel
@@ -148,23 +211,25 @@ def build_siglip(cfg: SiglipConfig) -> Encoder:
             f"encoder.pretrained={ref!r}: no such directory (a SigLIP checkpoint folder with "
             f"config.json, or a hub id like google/siglip-large-patch16-384)"
         )
-    try:
-        model = SiglipVisionModel.from_pretrained(
-            str(Path(ref).expanduser()) if _is_local(ref) else ref
-        )
-    except (OSError, ValueError) as e:
-        raise EncoderLoadError(
-            f"cannot load SigLIP weights {ref!r}: {' '.join(str(e).split())[:300]}. "
-            f"Set encoder.pretrained=<hub id or local directory with the checkpoint>"
-        ) from None
+    local = _is_local(ref)
+    src = str(Path(ref).expanduser()) if local else ref
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    try:  # a saved image processor overrides the SigLIP defaults
-        from transformers import AutoImageProcessor
+    with _hub_or_local(local) as hub:
+        try:
+            model = SiglipVisionModel.from_pretrained(src)
+        except (OSError, ValueError) as e:
+            raise EncoderLoadError(
+                f"cannot load SigLIP weights {ref!r}: {' '.join(str(e).split())[:300]}"
+                f"{f' ({hub})' if hub else ''}. "
+                f"Set encoder.pretrained=<hub id or local directory with the checkpoint>"
+            ) from None
+        try:  # a saved image processor overrides the SigLIP defaults
+            from transformers import AutoImageProcessor
 
-        proc = AutoImageProcessor.from_pretrained(ref)
-        mean, std = tuple(proc.image_mean), tuple(proc.image_std)  # type: ignore[assignment]
-    except Exception:  # noqa: BLE001 - no processor saved: the SigLIP defaults apply
-        pass
+            proc = AutoImageProcessor.from_pretrained(src)
+            mean, std = tuple(proc.image_mean), tuple(proc.image_std)  # type: ignore[assignment]
+        except Exception:  # noqa: BLE001 - no processor saved: the SigLIP defaults apply
+            pass
     vcfg = model.config
 
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,16 +270,18 @@ def build_clip(cfg: ClipConfig) -> Encoder:
     pretrained = cfg.pretrained
     if pretrained and _is_local(pretrained) and not Path(pretrained).expanduser().is_file():
         raise EncoderLoadError(f"encoder.pretrained={pretrained!r}: no such checkpoint file")
-    try:
-        model = open_clip.create_model(
-            name, pretrained=pretrained if not name.startswith("hf-hub:") else None
-        )
-    except Exception as e:  # noqa: BLE001 - open_clip raises many kinds for a bad tag or hub
-        raise EncoderLoadError(
-            f"cannot load open_clip {name!r} with pretrained={pretrained!r}: "
-            f"{' '.join(str(e).split())[:300]}. Set encoder.pretrained=<tag, hf-hub id or local "
-            f"checkpoint file>"
-        ) from None
+    local = not name.startswith("hf-hub:") and (not pretrained or _is_local(pretrained))
+    with _hub_or_local(local) as hub:
+        try:
+            model = open_clip.create_model(
+                name, pretrained=pretrained if not name.startswith("hf-hub:") else None
+            )
+        except Exception as e:  # noqa: BLE001 - open_clip raises many kinds for a bad tag or hub
+            raise EncoderLoadError(
+                f"cannot load open_clip {name!r} with pretrained={pretrained!r}: "
+                f"{' '.join(str(e).split())[:300]}{f' ({hub})' if hub else ''}. "
+                f"Set encoder.pretrained=<tag, hf-hub id or local checkpoint file>"
+            ) from None
     visual = model.visual
     if getattr(visual, "attn_pool", None) is not None or not hasattr(visual, "ln_post"):
         raise EncoderLoadError(f"open_clip model {name!r} has no class token to keep")

@@ -9,7 +9,6 @@ but every other part of the pipeline is the real one.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,14 +37,16 @@ def make_videos(out: Path) -> None:
         print(f"demo: made {path.relative_to(ROOT)} ({' '.join(cmd)})")
 
 
-def hub_reachable() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+def default_available() -> bool:
+    """The default weights can be had: the hub answers, or they are in the local hub cache."""
+    sys.path.insert(0, str(ROOT))
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from extract.encoders import hub_unreachable
+
+    if isinstance(try_to_load_from_cache(DEFAULT, "config.json"), str):
         return True
-    except OSError:
-        return False
+    return not constants.is_offline_mode() and hub_unreachable() is None
 
 
 def pick_encoder() -> str:
@@ -53,17 +54,17 @@ def pick_encoder() -> str:
     if local:
         print(f"demo: encoder = SigLIP checkpoint from $STREAMFEAT_SIGLIP={local}")
         return local
-    if hub_reachable():
-        print(f"demo: encoder = {DEFAULT} from the hub")
+    if default_available():
+        print(f"demo: encoder = {DEFAULT} from the hub (or its local cache)")
         return DEFAULT
-    sys.path.insert(0, str(ROOT))
     from tests.encoders import save_tiny_siglip
 
     tiny = DEMO / "random-siglip"
     if not (tiny / "config.json").exists():
         save_tiny_siglip(tiny)
     print(
-        f"demo: NOTE the hub is unreachable and $STREAMFEAT_SIGLIP is unset, so the demo uses a "
+        f"demo: NOTE the hub is unreachable, {DEFAULT} is not in the local hub cache and "
+        f"$STREAMFEAT_SIGLIP is unset, so the demo uses a "
         f"small RANDOMLY INITIALISED SigLIP built locally at {tiny.relative_to(ROOT)} (2 layers, "
         f"width 64, 384 px, 16 px patches): features are meaningless, the pipeline is real. "
         f"Set STREAMFEAT_SIGLIP=/path/to/siglip-large-patch16-384 for real features."

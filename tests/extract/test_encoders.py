@@ -105,3 +105,69 @@ def test_missing_checkpoints_name_the_override(
         build_encoder(ClipConfig(model="ViT-B-16", pretrained=str(tmp_path / "missing.pt")))
     with pytest.raises(EncoderLoadError, match="encoder.model="):
         build_encoder(ClipConfig(model="ViT-Nope", pretrained=None))
+
+
+HUB_LOAD = """
+import sys, time
+import torch
+from extract.encoders import EncoderLoadError, SiglipConfig, build_encoder
+t0 = time.perf_counter()
+try:
+    enc = build_encoder(SiglipConfig(pretrained=sys.argv[1], device="cpu"))
+except EncoderLoadError as e:
+    print("ERROR", e)
+else:
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (2, 3, enc.image_size, enc.image_size), dtype=torch.uint8)
+    torch.save(enc.encode(x), sys.argv[2])
+    print("LOADED", enc.provenance["weights"])
+print(f"SECONDS {time.perf_counter() - t0:.1f}")
+"""
+
+
+def load_from_hub(repo: str, cache: Path, out: Path) -> tuple[str, float]:
+    """Build a SigLIP from hub id ``repo`` in a fresh process whose hub cannot be reached."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    # Connection refused at once; the HTTP client would retry it for about a minute.
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_CACHE=str(cache))
+    r = subprocess.run(
+        [sys.executable, "-c", HUB_LOAD, repo, str(out)],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()
+    return lines[0], float(lines[-1].split()[1])
+
+
+def test_unreachable_hub_fails_at_once_and_names_the_override(tmp_path: Path) -> None:
+    said, seconds = load_from_hub("google/siglip-large-patch16-384", tmp_path / "hub", tmp_path)
+    assert said.startswith("ERROR cannot load SigLIP weights 'google/siglip-large-patch16-384'")
+    assert "the hub http://127.0.0.1:9 is unreachable" in said
+    assert "only the local cache is used" in said and "Set encoder.pretrained=" in said
+    # Without the probe the hub client retries the refused connection for ~50 s.
+    assert seconds < 30, seconds
+
+
+def test_hub_id_loads_from_the_local_cache_when_the_hub_is_unreachable(
+    tmp_path: Path, tiny_siglip: Path
+) -> None:
+    import shutil
+
+    # The hub cache layout: models--org--name/{refs/main, snapshots/<commit>/files}.
+    repo_dir = tmp_path / "hub" / "models--streamfeat-test--tiny-siglip"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_siglip, repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    said, _ = load_from_hub("streamfeat-test/tiny-siglip", tmp_path / "hub", tmp_path / "a.pt")
+    assert said == "LOADED streamfeat-test/tiny-siglip", said
+    load_from_hub(str(tiny_siglip), tmp_path / "empty", tmp_path / "b.pt")  # the directory
+    torch.testing.assert_close(torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt"))
