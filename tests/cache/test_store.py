@@ -186,9 +186,20 @@ def test_kill_9_never_leaves_a_partial_video_done(tmp_path: Path) -> None:
     root = make_store(tmp_path / "s.zarr", chunk_frames=2, shard_frames=4, segment_frames=8)
     ctx = mp.get_context("spawn")
     seen_done: list[int] = []
-    for delay in (0.8, 1.1, 1.4):
+    journal = root / "index" / "shard-00000.jsonl"
+
+    def done_lines() -> int:
+        return journal.read_text().count('"kind":"video"') if journal.exists() else 0
+
+    # Kill once the writer has made progress (a spawned process may take seconds to start on
+    # a busy machine), then after a few different extra delays: different moments of a write.
+    for delay in (0.0, 0.13, 0.31):
+        before = done_lines()
         p = ctx.Process(target=_writer_process, args=(str(root), 400, 11))
         p.start()
+        deadline = time.monotonic() + 120
+        while done_lines() <= before and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(delay)
         os.kill(p.pid, signal.SIGKILL)
         p.join()
