@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +207,8 @@ class ExtractPipeline:
             raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
         self.batch_frames = batch_frames
         self.batching = batching
-        self.batch_sizes: list[int] = []  # frames per encoder call, in order (for tests/benches)
+        # frames per encoder call, the latest 4096 in order (for tests and benchmarks)
+        self.batch_sizes: deque[int] = deque(maxlen=4096)
         self.out_dtype = out_dtype
         self.on_event = on_event or (lambda kind, vid, n: None)
         self.decode_seconds = 0.0

@@ -109,7 +109,7 @@ def test_dynamic_batching_fills_batches_when_the_encoder_is_the_bottleneck() -> 
 
 def test_fixed_batching_is_independent_of_timing() -> None:
     sizes = [
-        run_fake("fixed", decode_delay=d, encode_delay=e, lengths=[7, 12, 1])[0].batch_sizes
+        list(run_fake("fixed", decode_delay=d, encode_delay=e, lengths=[7, 12, 1])[0].batch_sizes)
         for d, e in ((0.02, 0.0), (0.0, 0.02))
     ]
     # batch_frames frames (of whole chunks) per flush, each flush split into encoder calls of
