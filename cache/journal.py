@@ -18,17 +18,17 @@ line (a writer killed mid-write) is ignored by readers and cut off by the next w
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class Piece:
-    """A contiguous run of one video's frames inside one segment."""
+class Piece(NamedTuple):
+    """A contiguous run of one video's frames inside one segment (a tuple: fast to build)."""
 
     shard: int
     segment: str
@@ -79,17 +79,26 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
+    # What follows the last newline is either empty or a torn write.
+    body = data[: data.rfind(b"\n") + 1].decode("utf-8", errors="replace")
+    try:  # all lines at once: several times faster than a json.loads per line
+        records: list[dict[str, Any]] = json.loads("[" + body[:-1].replace("\n", ",") + "]")
+        if len(records) == body.count("\n") and all(isinstance(r, dict) for r in records):
+            return records
+    except json.JSONDecodeError:
+        pass  # a blank or damaged line: go line by line to skip blanks and name the damage
     records = []
-    lines = data.split(b"\n")
-    # The piece after the last newline is either empty or a torn write.
-    for line in lines[:-1]:
+    for line in body.split("\n")[:-1]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
             # Only the final line can be torn; a bad line in the middle means damage.
-            raise ValueError(f"corrupt line in journal {path}: {line[:200]!r}") from None
+            raise ValueError(f"corrupt line in journal {path}: {line[:200]!r}")
+        records.append(record)
     return records
 
 
@@ -126,10 +135,14 @@ def shard_of_journal(path: Path) -> int:
     return int(path.stem.split("-")[1])
 
 
-def _contiguous_frames(pieces: list[Piece]) -> int:
-    """Frames covered from 0 without a gap by ``pieces`` (sorted by video_start)."""
+def _by_start(p: Piece) -> int:
+    return p.video_start
+
+
+def _contiguous_frames(pieces: list[Piece], *, ordered: bool = False) -> int:
+    """Frames covered from 0 without a gap by ``pieces`` (``ordered``: already by video_start)."""
     end = 0
-    for p in sorted(pieces, key=lambda p: p.video_start):
+    for p in pieces if ordered else sorted(pieces, key=_by_start):
         if p.video_start != end:
             break
         end += p.frames
@@ -169,11 +182,15 @@ def build_index(journals: dict[int, list[dict[str, Any]]]) -> Index:
             finished_attempts.add((video_id, r["attempt"]))
         chosen = None
         # Prefer the newest valid done record; fall back to the newest failure.
-        for shard, r in sorted(candidates, key=lambda c: c[1]["committed_at"], reverse=True):
+        if len(candidates) > 1:
+            candidates.sort(key=lambda c: c[1]["committed_at"], reverse=True)
+        for shard, r in candidates:
             if r["status"] != "done":
                 continue
-            ps = sorted(pieces.get((video_id, r["attempt"]), []), key=lambda p: p.video_start)
-            if _contiguous_frames(ps) == r["num_frames"] == sum(p.frames for p in ps):
+            ps = pieces.get((video_id, r["attempt"]), [])
+            if len(ps) > 1:
+                ps.sort(key=_by_start)
+            if _contiguous_frames(ps, ordered=True) == r["num_frames"] == sum(p.frames for p in ps):
                 chosen = VideoEntry(video_id, shard, r, ps)
                 break
             problems.append(f"{video_id}: done record without its frames (attempt {r['attempt']})")
@@ -200,7 +217,16 @@ def build_index(journals: dict[int, list[dict[str, Any]]]) -> Index:
 
 def load_index(root: Path) -> Index:
     """Read every shard journal under ``root/index`` and resolve them into one index."""
-    journals = {
-        shard_of_journal(p): read_journal(p) for p in sorted((root / "index").glob("shard-*.jsonl"))
-    }
-    return build_index(journals)
+    # Building millions of small dicts and tuples would trigger repeated full garbage collections
+    # (none of them cyclic garbage): pausing the collector makes this about 2x faster.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        journals = {
+            shard_of_journal(p): read_journal(p)
+            for p in sorted((root / "index").glob("shard-*.jsonl"))
+        }
+        return build_index(journals)
+    finally:
+        if paused:
+            gc.enable()

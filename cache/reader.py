@@ -19,11 +19,13 @@ class Store:
     ``read()`` touches only the chunks that hold the requested window, never the whole video.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, index: Index | None = None) -> None:
         self.root = Path(root)
         self.attrs = read_store_attrs(self.root)
         self.layout = self.attrs["layout"]
-        self.index: Index = load_index(self.root)
+        # ``index``: one already loaded from this store (a DataLoader worker reuses its
+        # parent's instead of re-reading every journal).
+        self.index: Index = index if index is not None else load_index(self.root)
 
     def refresh(self) -> None:
         self.index = load_index(self.root)

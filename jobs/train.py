@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from cache import open_store
+from cache import Store, open_store
 from jobs.launchers import Launcher
 from models.annotations import (
     StreamSample,
@@ -148,14 +148,15 @@ class StreamDataset(torch.utils.data.Dataset):
         self.frame_tokens = frame_tokens
         self.v_token = v_token
         self.stream_loss_weight = stream_loss_weight
-        self._store: Any = None  # opened lazily in each DataLoader worker
+        self._index = index.index  # reused by the workers: journals are read once
+        self._store: Any = None  # opened lazily in each DataLoader worker (its own arrays)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if self._store is None:
-            self._store = open_store(self.store_path)
+            self._store = Store(self.store_path, index=self._index)
         s = self.samples[i]
         pts = self._store.pts_seconds(s.video_id)
         lo, hi = frames_for_window(pts, s.start_seconds, s.stop_seconds, fps=self.fps)

@@ -87,6 +87,7 @@ def test_samples_read_their_window_from_the_store(
     assert "1 of 5 annotated videos are not done" in caplog.text and "not_in_store" in caplog.text
     assert [s.video_id for s in ds.samples] == ["a", "b", "c", "d"]
     item = ds[1]
+    assert ds._store.index is ds._index  # the worker's reader reuses the loaded index
     s = ds.samples[1]
     want, pts = open_store(store).read("b")
     lo = int(np.searchsorted(pts, s.start_seconds - 0.5 + 1e-6, side="right"))
