@@ -182,7 +182,10 @@ def test_empty_input_fails_fast(tmp_path: Path) -> None:
         f"store={tmp_path / 's'}",
         hydra_dir=tmp_path / "h",
     )
-    assert r.returncode != 0 and "matched no videos" in r.stderr
+    assert r.returncode == 2 and "matched no videos" in r.stderr
+    # A usage error is one line naming the problem, not a traceback.
+    assert r.stderr.startswith(f"error: videos='{tmp_path / 'empty'}' matched no videos")
+    assert "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "s").exists()
 
 
