@@ -219,7 +219,7 @@ def load_index(root: Path) -> Index:
     """Read every shard journal under ``root/index`` and resolve them into one index."""
     # Building millions of small dicts and tuples would trigger repeated full garbage collections
     # (none of them cyclic garbage): pausing the collector makes this about 2x faster.
-    paused = gc.isenabled()
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
         journals = {
@@ -228,5 +228,5 @@ def load_index(root: Path) -> Index:
         }
         return build_index(journals)
     finally:
-        if paused:
+        if was_enabled:
             gc.enable()
