@@ -271,7 +271,7 @@ def main() -> None:
     del readers
 
     # Per round: each video decoded by us then by ffmpeg, back to back (the two are compared),
-    # then encode-only, end to end and the re-encode recipe over all videos.
+    # then encode-only, end to end (dynamic, then fixed batching) and the re-encode recipe.
     vids: dict[str, list[list[Run]]] = {k: [[] for _ in paths] for k in ("decode", "ffmpeg")}
     kinds = ("decode", "ffmpeg", "encode", "e2e", "fixed", "re")
     runs: dict[str, list[Run]] = {k: [] for k in kinds}

@@ -112,8 +112,8 @@ def test_fixed_batching_is_independent_of_timing() -> None:
         list(run_fake("fixed", decode_delay=d, encode_delay=e, lengths=[7, 12, 1])[0].batch_sizes)
         for d, e in ((0.02, 0.0), (0.0, 0.02))
     ]
-    # batch_frames frames (of whole chunks) per flush, each flush split into encoder calls of
-    # at most batch_frames: the same batches however fast either side is.
+    # Exactly batch_frames frames per encoder call (a chunk that overfills a batch is split),
+    # the rest in the last: the same batches however fast either side is.
     assert sizes[0] == sizes[1] == [8, 8, 4], sizes
 
 
