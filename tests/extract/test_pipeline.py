@@ -95,7 +95,7 @@ def run_fake(
 
 
 def test_dynamic_batching_does_not_wait_for_a_full_batch_when_decode_is_slow() -> None:
-    pipe, _ = run_fake("dynamic", decode_delay=0.05, encode_delay=0.0, lengths=[7, 12, 1])
+    pipe, _ = run_fake("dynamic", decode_delay=0.2, encode_delay=0.0, lengths=[7, 12, 1])
     # The encoder is free and nothing more is decoded: each chunk is encoded as it arrives.
     assert pipe.batch_sizes[0] <= 2 < pipe.batch_frames
     assert len(pipe.batch_sizes) > 20 // 8 + 1
