@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -211,8 +210,6 @@ class ExtractPipeline:
         self.batch_sizes: deque[int] = deque(maxlen=4096)
         self.out_dtype = out_dtype
         self.on_event = on_event or (lambda kind, vid, n: None)
-        self.decode_seconds = 0.0
-        self.encode_seconds = 0.0
         self._failed: set[str] = set()  # videos already reported failed mid-stream
         self._sink_lock = threading.Lock()  # the producer starts videos while we write others
 
@@ -244,13 +241,7 @@ class ExtractPipeline:
             video = self.source(task, self.size)
             record = video.record
             chunks = video.chunks(start)
-            while True:
-                t0 = time.perf_counter()
-                item = next(chunks, None)
-                self.decode_seconds += time.perf_counter() - t0
-                if item is None:
-                    break
-                frames, pts = item
+            for frames, pts in chunks:
                 if not put(_Frames(task.video_id, frames, pts, record)):
                     return
             put(_End(task.video_id, record))
@@ -305,7 +296,6 @@ class ExtractPipeline:
         if frame_events:
             allframes = torch.cat([e.frames for e in frame_events])
             owners = np.repeat(np.arange(len(frame_events)), [len(e.frames) for e in frame_events])
-            t0 = time.perf_counter()
             self.batch_sizes.append(len(allframes))
             try:
                 encoded: torch.Tensor | None = self.encoder.encode(allframes)
@@ -313,16 +303,23 @@ class ExtractPipeline:
                 for ev in frame_events:
                     failed[ev.video_id] = f"encoder failed: {type(e).__name__}: {e}"
                 encoded = None
-            self.encode_seconds += time.perf_counter() - t0
             if encoded is not None:
                 for i, ev in enumerate(frame_events):
-                    out = to_storage(encoded[owners == i], self.out_dtype)
-                    check = out if self.out_dtype == "float16" else encoded[owners == i].numpy()
-                    if not np.isfinite(check).all():
+                    mine = encoded[owners == i]
+                    out = to_storage(mine, self.out_dtype)
+                    # float16 overflows where float32 did not; bfloat16 keeps float32's range
+                    finite = (
+                        np.isfinite(out).all()
+                        if self.out_dtype == "float16"
+                        else bool(torch.isfinite(mine).all())  # on the encoder's device
+                    )
+                    if not finite:
                         failed.setdefault(
                             ev.video_id,
-                            f"non-finite token values after casting to {self.out_dtype} "
-                            "(float16 overflow?); try the bfloat16 store dtype",
+                            "non-finite token values after casting to float16 (overflow?); "
+                            "try job.dtype=bfloat16"
+                            if self.out_dtype == "float16"
+                            else "the encoder returned non-finite token values (NaN or inf)",
                         )
                     tokens[i] = out
         with self._sink_lock:

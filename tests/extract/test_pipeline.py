@@ -55,6 +55,7 @@ class ListSink:
     def __init__(self) -> None:
         self.frames: dict[str, list[float]] = {}
         self.events: list[tuple[str, str]] = []
+        self.errors: dict[str, str] = {}
 
     def start(self, video_id: str) -> int:
         self.frames[video_id] = []
@@ -69,6 +70,7 @@ class ListSink:
 
     def fail(self, video_id: str, record: dict[str, Any], error: str) -> None:
         self.events.append(("failed", video_id))
+        self.errors[video_id] = error
 
 
 def run_fake(
@@ -145,3 +147,44 @@ class ArraySink(ListSink):
 
     def write(self, video_id: str, tokens: np.ndarray, pts_seconds: np.ndarray) -> None:
         self.tokens.append(tokens)
+
+
+class ScaledEncoder(FakeEncoder):
+    """Token = pixel value x ``scale`` (NaN where ``scale`` is NaN)."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__(0.0)
+        self.scale = scale
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return super().encode(pixels) * self.scale
+
+
+@pytest.mark.parametrize(
+    ("scale", "dtype", "failed", "why"),
+    [
+        # v0's values reach 6e4 (finite in float16), v1's 7e4 and more overflow it
+        (1e4, "float16", ["v1"], "non-finite token values after casting to float16"),
+        (1e4, "bfloat16", [], ""),  # bfloat16 keeps float32's range
+        (float("nan"), "bfloat16", ["v0", "v1"], "the encoder returned non-finite token values"),
+    ],
+)
+def test_non_finite_tokens_fail_their_video_only(
+    scale: float, dtype: str, failed: list, why: str
+) -> None:
+    videos = {"v0": FakeVideo(0, 7, 2, 0.0), "v1": FakeVideo(7, 5, 2, 0.0)}
+    sink = ListSink()
+    ExtractPipeline(
+        ScaledEncoder(scale),
+        sink,
+        decode=DecodeOptions(chunk_frames=2),
+        batch_frames=4,
+        batching="fixed",
+        out_dtype=dtype,  # type: ignore[arg-type]
+        source=lambda task, size: videos[task.video_id],
+    ).run([VideoTask(vid, Path(vid)) for vid in videos])
+    assert sorted(v for kind, v in sink.events if kind == "failed") == failed
+    assert sorted(v for kind, v in sink.events if kind == "done") == sorted(
+        set(videos) - set(failed)
+    )
+    assert all(e.startswith(why) for e in sink.errors.values()), sink.errors
