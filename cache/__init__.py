@@ -4,7 +4,7 @@ Imports nothing from the other streamfeat packages.
 """
 
 from cache.ids import validate_video_id, video_id_for
-from cache.journal import Index, load_index
+from cache.journal import Index, VideoEntry, load_index
 from cache.layout import StoreLayout
 from cache.reader import Store, open_store
 from cache.store import StoreMismatchError, init_store, read_store_attrs
@@ -17,6 +17,7 @@ __all__ = [
     "Store",
     "StoreLayout",
     "StoreMismatchError",
+    "VideoEntry",
     "init_store",
     "load_index",
     "open_store",

@@ -11,7 +11,7 @@ import math
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -191,16 +191,6 @@ def _is_local(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists()
 
 
-@contextmanager
-def _hub_or_local(local: bool) -> Iterator[str | None]:
-    """``hub_access()`` for hub ids; nothing to check for local files."""
-    if local:
-        yield None
-    else:
-        with hub_access() as why:
-            yield why
-
-
 def build_siglip(cfg: SiglipConfig) -> Encoder:
     """Load a SigLIP vision tower from a hub id or local directory (full SigLIP or vision-only)."""
     from transformers import SiglipVisionModel
@@ -214,7 +204,7 @@ def build_siglip(cfg: SiglipConfig) -> Encoder:
     local = _is_local(ref)
     src = str(Path(ref).expanduser()) if local else ref
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    with _hub_or_local(local) as hub:
+    with nullcontext() if local else hub_access() as hub:
         try:
             model = SiglipVisionModel.from_pretrained(src)
         except (OSError, ValueError) as e:
@@ -271,7 +261,7 @@ def build_clip(cfg: ClipConfig) -> Encoder:
     if pretrained and _is_local(pretrained) and not Path(pretrained).expanduser().is_file():
         raise EncoderLoadError(f"encoder.pretrained={pretrained!r}: no such checkpoint file")
     local = not name.startswith("hf-hub:") and (not pretrained or _is_local(pretrained))
-    with _hub_or_local(local) as hub:
+    with nullcontext() if local else hub_access() as hub:
         try:
             model = open_clip.create_model(
                 name, pretrained=pretrained if not name.startswith("hf-hub:") else None

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cache import ShardWriter, StoreLayout, init_store, load_index
+from cache import ShardWriter, StoreLayout, VideoEntry, init_store, load_index
 from extract.encoders import (
     ClipConfig,
     Encoder,
@@ -97,10 +97,21 @@ def features_of(spec: ExtractSpec, encoder: FrameEncoder) -> dict[str, Any]:
     }
 
 
-def shard_todo(spec: ExtractSpec, shard: int, shard_count: int) -> tuple[list[VideoTask], int]:
-    """The videos of a shard still to extract, and how many it skips as already handled."""
-    root = Path(spec.store)
-    known = load_index(root).videos if (root / "zarr.json").exists() else {}
+def indexed_videos(store: str | Path) -> dict[str, VideoEntry]:
+    """The store's index entries by video id (none before the store exists)."""
+    root = Path(store)
+    return load_index(root).videos if (root / "zarr.json").exists() else {}
+
+
+def shard_todo(
+    spec: ExtractSpec, shard: int, shard_count: int, known: dict[str, VideoEntry] | None = None
+) -> tuple[list[VideoTask], int]:
+    """The videos of a shard still to extract, and how many it skips as already handled.
+
+    ``known``: the index entries if already loaded (else the index is read).
+    """
+    if known is None:
+        known = indexed_videos(spec.store)
     todo, skipped = [], 0
     for v in spec.videos[shard::shard_count]:
         entry = known.get(v.video_id)
@@ -274,10 +285,11 @@ class ExtractJob:
         t0, submitted_at = time.perf_counter(), time.time()
         inputs = resolve_videos(self.videos, self.videos_root)
         spec = ExtractSpec(videos=tuple(inputs), **self._spec_args)  # type: ignore[arg-type]
-        before = _statuses(spec.store)
+        known = indexed_videos(spec.store)  # read once here, not once per shard
+        before = {vid: e.status for vid, e in known.items()}
         shards = min(self.launcher.shard_count, len(inputs))
         # Rerunning resubmits only shards with something left to do.
-        pending = [i for i in range(shards) if shard_todo(spec, i, shards)[0]]
+        pending = [i for i in range(shards) if shard_todo(spec, i, shards, known)[0]]
         print(
             f"extract: {len(inputs)} videos -> {spec.store} ({shards} shard(s), "
             f"{len(pending)} with work left, {type(self.launcher).__name__})",
@@ -299,12 +311,6 @@ class ExtractJob:
         return summary
 
 
-def _statuses(store: str) -> dict[str, str]:
-    if not (Path(store) / "zarr.json").exists():
-        return {}
-    return {vid: e.status for vid, e in load_index(Path(store)).videos.items()}
-
-
 def summarize(
     store: str,
     inputs: list[VideoInput],
@@ -313,7 +319,7 @@ def summarize(
     wall_seconds: float,
 ) -> dict[str, Any]:
     """Counts for this run's inputs, read back from the index (the source of truth)."""
-    index = load_index(Path(store)).videos if (Path(store) / "zarr.json").exists() else {}
+    index = indexed_videos(store)
     done = skipped = frames = 0
     failures: dict[str, str] = {}
     missing = []

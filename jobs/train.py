@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from cache import Store, open_store
+from cache import Store, open_store, read_store_attrs
 from jobs.launchers import Launcher
 from models.annotations import (
     StreamSample,
@@ -502,7 +502,7 @@ class TrainJob:
         self.launcher, self.output_dir, self.train = launcher, output_dir, train
 
     def spec(self) -> TrainSpec:
-        attrs = open_store(self.store).layout
+        attrs = read_store_attrs(self.store)["layout"]  # not the whole index
         model = dict(self.model_cfg)
         if model.pop("adapter", None):
             raise ValueError("model.adapter is for job=eval/stream; training starts a new adapter")

@@ -231,6 +231,15 @@ class _Turn(NamedTuple):
     learn: bool
 
 
+def _add_turn(turns: list[_Turn], turn: _Turn, tally: _Tally, replaced: str) -> None:
+    """Append ``turn``; one on the same frame as the last replaces it (counted as ``replaced``)."""
+    if turns and turns[-1].slot == turn.slot:
+        turns[-1] = turn
+        tally.add(replaced)
+    else:
+        turns.append(turn)
+
+
 class _Tally:
     """Counts of skipped or adjusted entries by reason; logged once per file."""
 
@@ -628,12 +637,12 @@ def read_ego4d_narrations(
                 tally.add("narrations repeating the previous one")
                 continue
             last_text = text
-            turn = _Turn(_ceil_slot(time, fps), "assistant", text, True)
-            if turns and turns[-1].slot == turn.slot:
-                turns[-1] = turn
-                tally.add("narrations replaced by a later one on the same frame")
-            else:
-                turns.append(turn)
+            _add_turn(
+                turns,
+                _Turn(_ceil_slot(time, fps), "assistant", text, True),
+                tally,
+                "narrations replaced by a later one on the same frame",
+            )
         if not turns:
             tally.add("passes without usable narrations")
             continue
@@ -757,12 +766,12 @@ def read_coin(
             steps.append(_Turn(min(max(slot, start_slot), last_slot), "assistant", label, True))
         turns = []
         for step in sorted(steps, key=lambda s: s.slot):
-            step = step._replace(text=coin_step_text(step.text))
-            if turns and turns[-1].slot == step.slot:
-                turns[-1] = step
-                tally.add("steps replaced by a later one on the same frame")
-            else:
-                turns.append(step)
+            _add_turn(
+                turns,
+                step._replace(text=coin_step_text(step.text)),
+                tally,
+                "steps replaced by a later one on the same frame",
+            )
         if not turns:
             tally.add("videos without steps")
             continue
