@@ -1,14 +1,23 @@
 """The feature cache: a Zarr v3 store of per-frame tokens plus a journalled index.
 
+Everything other packages need about a store's layout is exported here (docs/cache.md).
 Imports nothing from the other streamfeat packages.
 """
 
 from cache.ids import validate_video_id, video_id_for
-from cache.journal import Index, VideoEntry, load_index
-from cache.layout import StoreLayout
+from cache.journal import Index, VideoEntry, load_index, read_journal
+from cache.launches import launch_folders, read_launches, record_launch, register_launch_folder
+from cache.layout import (
+    StoreLayout,
+    journal_path,
+    journal_paths,
+    lock_path,
+    shard_dir,
+    shard_of_journal,
+)
 from cache.reader import Store, open_store
 from cache.store import StoreMismatchError, init_store, read_store_attrs
-from cache.writer import ShardLockedError, ShardWriter
+from cache.writer import ShardLockedError, ShardWriter, shard_locked
 
 __all__ = [
     "Index",
@@ -19,9 +28,20 @@ __all__ = [
     "StoreMismatchError",
     "VideoEntry",
     "init_store",
+    "journal_path",
+    "journal_paths",
+    "launch_folders",
     "load_index",
+    "lock_path",
     "open_store",
+    "read_journal",
+    "read_launches",
     "read_store_attrs",
+    "record_launch",
+    "register_launch_folder",
+    "shard_dir",
+    "shard_locked",
+    "shard_of_journal",
     "validate_video_id",
     "video_id_for",
 ]

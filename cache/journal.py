@@ -1,19 +1,8 @@
 """Per-shard journals and the index built from them.
 
-Each shard has one append-only JSON-lines journal, written only by that shard's writer. Lines:
-
-- ``{"kind": "run", "run_id", "started_at", "host", "pid", "provenance": {...}}``: a writer start.
-- ``{"kind": "segment", "segment": "seg-000004", "frames": N}``: segment committed (it exists,
-  complete, under ``shards/NNNNN/``; it was renamed into place before this line was written).
-- ``{"kind": "piece", "video_id", "attempt", "segment", "segment_start", "video_start", "frames"}``:
-  frames ``[video_start, video_start + frames)`` of a video are rows
-  ``[segment_start, segment_start + frames)`` of that segment.
-- ``{"kind": "video", "video_id", "attempt", "status": "done" | "failed", "run_id",
-  "committed_at", ...}``: the video's final record (``error`` says why when failed).
-
-A video is done only if a ``done`` line exists *and* its pieces of the same attempt cover
-``[0, num_frames)`` in committed segments; anything else is not reported as done. A torn last
-line (a writer killed mid-write) is ignored by readers and cut off by the next writer.
+Each shard has one append-only JSON-lines journal, written only by that shard's writer; a video is
+done only when its ``done`` line and the pieces that cover its frames are all committed. The
+record kinds and the rules are specified in docs/cache.md.
 """
 
 from __future__ import annotations
@@ -25,6 +14,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from cache.layout import journal_paths
+from cache.layout import shard_of_journal as shard_of_journal  # also imported from here
 
 
 class Piece(NamedTuple):
@@ -131,10 +123,6 @@ def repair_tail(path: Path) -> None:
             os.fsync(f.fileno())
 
 
-def shard_of_journal(path: Path) -> int:
-    return int(path.stem.split("-")[1])
-
-
 def _by_start(p: Piece) -> int:
     return p.video_start
 
@@ -149,14 +137,23 @@ def _contiguous_frames(pieces: list[Piece], *, ordered: bool = False) -> int:
     return end
 
 
-def build_index(journals: dict[int, list[dict[str, Any]]]) -> Index:
-    """Resolve journal records of every shard into one index (see module docstring)."""
+class _Collected(NamedTuple):
+    """Journal records of every shard, grouped for resolving (see ``build_index``)."""
+
+    runs: dict[str, dict[str, Any]]
+    pieces: dict[tuple[str, str], list[Piece]]  # by (video_id, attempt)
+    piece_shard: dict[tuple[str, str], int]
+    finals: dict[str, list[tuple[int, dict[str, Any]]]]  # video_id -> [(shard, video line)]
+    problems: list[str]
+
+
+def _collect(journals: dict[int, list[dict[str, Any]]]) -> _Collected:
+    """Group every shard's records by kind; a piece in an undeclared segment is a problem."""
     runs: dict[str, dict[str, Any]] = {}
     pieces: dict[tuple[str, str], list[Piece]] = defaultdict(list)
     piece_shard: dict[tuple[str, str], int] = {}
     finals: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
     problems: list[str] = []
-
     for shard, records in sorted(journals.items()):
         segments = {r["segment"] for r in records if r["kind"] == "segment"}
         for r in records:
@@ -174,45 +171,57 @@ def build_index(journals: dict[int, list[dict[str, Any]]]) -> Index:
                 piece_shard[key] = shard
             elif kind == "video":
                 finals[r["video_id"]].append((shard, r))
+    return _Collected(runs, pieces, piece_shard, finals, problems)
 
+
+def _choose(
+    video_id: str,
+    candidates: list[tuple[int, dict[str, Any]]],
+    pieces: dict[tuple[str, str], list[Piece]],
+    problems: list[str],
+) -> VideoEntry | None:
+    """The newest done record whose frames are all committed, else the newest failure."""
+    if len(candidates) > 1:
+        candidates.sort(key=lambda c: c[1]["committed_at"], reverse=True)
+    for shard, r in candidates:
+        if r["status"] != "done":
+            continue
+        ps = pieces.get((video_id, r["attempt"]), [])
+        if len(ps) > 1:
+            ps.sort(key=_by_start)
+        if _contiguous_frames(ps, ordered=True) == r["num_frames"] == sum(p.frames for p in ps):
+            return VideoEntry(video_id, shard, r, ps)
+        problems.append(f"{video_id}: done record without its frames (attempt {r['attempt']})")
+    failed = [c for c in candidates if c[1]["status"] == "failed"]
+    if failed:
+        shard, r = max(failed, key=lambda c: c[1]["committed_at"])
+        return VideoEntry(video_id, shard, r, [])
+    return None
+
+
+def build_index(journals: dict[int, list[dict[str, Any]]]) -> Index:
+    """Resolve journal records of every shard into one index (rules in docs/cache.md)."""
+    c = _collect(journals)
     videos: dict[str, VideoEntry] = {}
     finished_attempts = set()
-    for video_id, candidates in finals.items():
+    for video_id, candidates in c.finals.items():
         for _, r in candidates:
             finished_attempts.add((video_id, r["attempt"]))
-        chosen = None
-        # Prefer the newest valid done record; fall back to the newest failure.
-        if len(candidates) > 1:
-            candidates.sort(key=lambda c: c[1]["committed_at"], reverse=True)
-        for shard, r in candidates:
-            if r["status"] != "done":
-                continue
-            ps = pieces.get((video_id, r["attempt"]), [])
-            if len(ps) > 1:
-                ps.sort(key=_by_start)
-            if _contiguous_frames(ps, ordered=True) == r["num_frames"] == sum(p.frames for p in ps):
-                chosen = VideoEntry(video_id, shard, r, ps)
-                break
-            problems.append(f"{video_id}: done record without its frames (attempt {r['attempt']})")
-        if chosen is None:
-            failed = [c for c in candidates if c[1]["status"] == "failed"]
-            if failed:
-                shard, r = max(failed, key=lambda c: c[1]["committed_at"])
-                chosen = VideoEntry(video_id, shard, r, [])
+        chosen = _choose(video_id, candidates, c.pieces, c.problems)
         if chosen is not None:
             videos[video_id] = chosen
 
     partial: dict[str, Partial] = {}
-    for (video_id, attempt), ps in pieces.items():
+    for (video_id, attempt), ps in c.pieces.items():
         if (video_id, attempt) in finished_attempts:
             continue
         entry = videos.get(video_id)
         if entry is not None and entry.status == "done":
             continue
-        cand = Partial(video_id, piece_shard[(video_id, attempt)], attempt, ps)
+        cand = Partial(video_id, c.piece_shard[(video_id, attempt)], attempt, ps)
         if video_id not in partial or cand.frames > partial[video_id].frames:
             partial[video_id] = cand
-    return Index(videos=videos, partial=partial, runs=runs, problems=problems)
+    return Index(videos=videos, partial=partial, runs=c.runs, problems=c.problems)
 
 
 def load_index(root: Path) -> Index:
@@ -222,10 +231,7 @@ def load_index(root: Path) -> Index:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        journals = {
-            shard_of_journal(p): read_journal(p)
-            for p in sorted((root / "index").glob("shard-*.jsonl"))
-        }
+        journals = {shard: read_journal(p) for shard, p in journal_paths(root).items()}
         return build_index(journals)
     finally:
         if was_enabled:

@@ -1,20 +1,6 @@
-"""On-disk layout of a streamfeat cache (format version 1).
+"""Where things are in a streamfeat cache (format version 1): shard folders, journals, locks.
 
-::
-
-    STORE/                                 a Zarr v3 group
-      zarr.json                            attributes["streamfeat"]: store config + provenance
-      shards/NNNNN/                        one folder per writer shard (one writer at a time)
-        seg-SSSSSS/                        an immutable segment: a Zarr v3 group, written once
-          zarr.json                        attributes["pieces"]: which video frames it holds
-          tokens/                          (frames, tokens_per_frame, dim) float16 (or uint16
-                                           holding bfloat16 bits), sharding codec
-          pts/                             (frames,) float64 presentation time of each frame
-      index/shard-NNNNN.jsonl              the journal of shard NNNNN (see ``cache.journal``)
-      shards/NNNNN/.lock                   advisory lock held by the shard's writer
-
-Frames of many videos are packed one after the other into segments, so the number of files grows
-with the number of frames, not with the number of videos; a long video spans several segments.
+The whole on-disk layout, with a picture, is in docs/cache.md.
 """
 
 from __future__ import annotations
@@ -63,11 +49,28 @@ class StoreLayout:
 
 
 def shard_dir(root: Path, shard: int) -> Path:
+    """The folder of writer shard ``shard``: its segments and its lock."""
     return root / "shards" / f"{shard:05d}"
 
 
+def lock_path(root: Path, shard: int) -> Path:
+    """The advisory lock that the writer of shard ``shard`` holds while it runs."""
+    return shard_dir(root, shard) / ".lock"
+
+
 def journal_path(root: Path, shard: int) -> Path:
+    """The journal of writer shard ``shard``."""
     return root / "index" / f"shard-{shard:05d}.jsonl"
+
+
+def shard_of_journal(path: Path) -> int:
+    """The shard number of a journal (the inverse of ``journal_path``)."""
+    return int(path.stem.split("-")[1])
+
+
+def journal_paths(root: Path) -> dict[int, Path]:
+    """Every shard journal of the store at ``root``, by shard number, in shard order."""
+    return {shard_of_journal(p): p for p in sorted((root / "index").glob("shard-*.jsonl"))}
 
 
 def segment_name(seq: int) -> str:

@@ -1,10 +1,7 @@
-"""The single writer of one shard of a store.
+"""The single writer of one shard of a store, and the check for a live one.
 
-Frames are buffered in memory and committed as immutable segments: the segment is written to a
-staging folder, fsynced, renamed into place, and only then journalled. A kill at any moment leaves
-either a committed segment that the journal names, or a staging/unnamed folder that the next
-writer of the shard deletes. Videos enter the index only with their ``done`` line, which is
-journalled together with (or after) the segment that holds their last frames.
+Segments are staged, fsynced, renamed into place and only then journalled, so a kill at any moment
+leaves a consistent shard (the commit protocol is in docs/cache.md).
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cache.journal import append_records, load_index, read_journal, repair_tail
-from cache.layout import StoreLayout, journal_path, segment_name, shard_dir
+from cache.layout import StoreLayout, journal_path, lock_path, segment_name, shard_dir
 from cache.store import read_store_attrs
 
 
@@ -105,14 +102,15 @@ class ShardWriter:
         self._last_commit = time.monotonic()
 
     def _lock(self) -> int:
-        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        lock = lock_path(self.root, self.shard)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise ShardLockedError(
                 f"shard {self.shard} of {self.root} is being written by another process "
-                f"(lock {self.dir / '.lock'}); one writer per shard"
+                f"(lock {lock}); one writer per shard"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
@@ -304,6 +302,22 @@ class ShardWriter:
             self.close()
         finally:
             self.abort()
+
+
+def shard_locked(root: str | Path, shard: int) -> bool:
+    """Whether a live writer holds shard ``shard`` of the store at ``root`` (its lock is released
+    when the writer closes or its process dies, so a killed writer's shard reads as free)."""
+    lock = lock_path(Path(root), shard)
+    if not lock.exists():
+        return False
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _fsync_tree(path: Path) -> None:

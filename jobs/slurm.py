@@ -8,12 +8,11 @@ them (plus the array's SLURM states) while tasks run.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,9 +20,9 @@ from typing import Any, TypeVar
 # This module is imported only when launcher=slurm is chosen, so the import is lazy already.
 import submitit
 
-R = TypeVar("R")
+from cache import record_launch
 
-LAUNCHES = "launches.jsonl"
+R = TypeVar("R")
 
 
 class ShardTask(submitit.helpers.Checkpointable):
@@ -62,10 +61,12 @@ class SlurmLauncher:
 
     Every sbatch setting users need is a field; ``additional_parameters`` passes anything else
     (e.g. ``{"reservation": "x"}``) and ``setup`` adds shell lines before the task starts (module
-    loads, env vars). ``wait=False`` submits and returns at once.
+    loads, env vars). ``wait=False`` submits and returns at once. Each array is recorded in
+    ``folder`` and, with ``store``, registered in that store, where ``job=status`` finds it.
     """
 
     folder: str
+    store: str | None = None
     shards: int = 8
     array_parallelism: int = 64
     partition: str | None = None
@@ -146,9 +147,10 @@ class SlurmLauncher:
             "jobs": {str(shard): job.job_id for shard, job in zip(ids, jobs, strict=True)},
             "shard_count": shard_count,
         }
-        Path(self.folder).mkdir(parents=True, exist_ok=True)
-        with open(Path(self.folder) / LAUNCHES, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            record_launch(self.folder, record, store=self.store)
+        except OSError as e:  # the array runs anyway; only job=status will not show its states
+            print(f"slurm: could not record the launch ({e})", file=sys.stderr)
         print(
             f"slurm: submitted array {record['array_job_id']} ({len(ids)} task(s)); "
             f"logs in {self.folder}",
@@ -178,15 +180,13 @@ class SlurmLauncher:
         return job.results()[0]  # type: ignore[no-any-return]
 
 
-def slurm_states(folder: str | Path) -> dict[int, dict[str, str]]:
-    """The latest SLURM job id and state of each shard launched from ``folder`` (via sacct)."""
-    path = Path(folder) / LAUNCHES
-    if not path.exists():
-        return {}
+def slurm_states(launches: Iterable[dict[str, Any]]) -> dict[int, dict[str, str]]:
+    """The latest SLURM job id and state of each shard in ``launches`` (oldest first, as
+    ``cache.read_launches`` gives them), via sacct."""
     latest: dict[int, str] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            for shard, job_id in json.loads(line)["jobs"].items():
+    for launch in launches:
+        if launch.get("launcher", "slurm") == "slurm":
+            for shard, job_id in launch["jobs"].items():
                 latest[int(shard)] = job_id
     states = {job_id: "UNKNOWN" for job_id in latest.values()}
     if shutil.which("sacct") and states:

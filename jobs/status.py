@@ -8,8 +8,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cache import load_index, read_store_attrs
-from cache.journal import read_journal
+from cache import (
+    journal_paths,
+    load_index,
+    read_journal,
+    read_launches,
+    read_store_attrs,
+    shard_locked,
+)
 
 
 def store_status(store: str | Path) -> dict[str, Any]:
@@ -24,21 +30,19 @@ def store_status(store: str | Path) -> dict[str, Any]:
         s = shards.setdefault(e.shard, {"done": 0, "failed": 0, "frames": 0})
         s[e.status] += 1
         s["frames"] += int(e.record.get("num_frames", 0)) if e.status == "done" else 0
-    for journal in sorted((root / "index").glob("shard-*.jsonl")):
-        shard = int(journal.stem.split("-")[1])
+    for shard, journal in journal_paths(root).items():
         runs = [r for r in read_journal(journal) if r["kind"] == "run"]
         if runs:
             s = shards.setdefault(shard, {"done": 0, "failed": 0, "frames": 0})
             s["last_run_started_at"] = runs[-1]["started_at"]
             s["runs"] = len(runs)
-        lock = root / "shards" / f"{shard:05d}" / ".lock"
         s = shards.setdefault(shard, {"done": 0, "failed": 0, "frames": 0})
-        s["writing"] = _locked(lock)
-    slurm_dir = root / "logs" / "slurm"
-    if (slurm_dir / "launches.jsonl").exists():
+        s["writing"] = shard_locked(root, shard)
+    launches = read_launches(root)
+    if launches:
         from jobs.slurm import slurm_states
 
-        for shard, st in slurm_states(slurm_dir).items():
+        for shard, st in slurm_states(launches).items():
             shards.setdefault(shard, {"done": 0, "failed": 0, "frames": 0})["slurm"] = st
     # Throughput from the first writer start to the last commit (not to now: a finished
     # store's rate should not decay while it sits on disk).
@@ -60,23 +64,6 @@ def store_status(store: str | Path) -> dict[str, Any]:
         "shards": shards,
         "problems": index.problems,
     }
-
-
-def _locked(lock: Path) -> bool:
-    """Whether a live writer holds a shard (its flock is released when the process dies)."""
-    import fcntl
-    import os
-
-    if not lock.exists():
-        return False
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def format_status(s: dict[str, Any]) -> str:

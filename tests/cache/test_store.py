@@ -18,8 +18,8 @@ from cache import (
     init_store,
     load_index,
     open_store,
+    read_journal,
 )
-from cache.journal import read_journal
 
 D, N = 6, 10  # tiny dims keep these tests fast
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache import load_index, open_store
-from cache.journal import read_journal
+from cache import load_index, open_store, read_journal, read_launches
 from tests.jobs.cli import run_cli
 from tests.media import make_video
 
@@ -47,8 +46,7 @@ def done_count(store: Path) -> int:
 
 
 def task_job_id(store: Path) -> str:
-    record = json.loads((store / "logs" / "slurm" / "launches.jsonl").read_text().splitlines()[-1])
-    return record["jobs"]["0"]
+    return str(read_launches(store)[-1]["jobs"]["0"])
 
 
 def slurm_state(job_id: str) -> str:
@@ -103,6 +101,46 @@ def test_array_extraction_with_a_failing_video(tmp_path: Path, tiny_siglip: Path
     assert "4 done, 1 failed" in st.stdout and "SLURM job" in st.stdout, st.stdout
     v = run_cli("job=verify", f"store={store}", hydra_dir=tmp_path / "h")
     assert v.returncode == 0, v.stdout
+
+
+def test_status_shows_slurm_states_with_the_launcher_folder_elsewhere(
+    tmp_path: Path, tiny_siglip: Path
+) -> None:
+    from jobs.status import store_status
+
+    videos, store, folder = tmp_path / "videos", tmp_path / "out.zarr", tmp_path / "slurm-logs"
+    make_videos(videos, 2, 1.0)
+    r = run_cli(
+        "job=extract",
+        f"videos={videos}",
+        f"store={store}",
+        f"encoder.pretrained={tiny_siglip}",
+        *SLURM,
+        "launcher.shards=2",
+        f"launcher.folder={folder}",
+        hydra_dir=tmp_path / "h",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (folder / "launches.jsonl").is_file() and not (store / "logs").exists()
+    launches = read_launches(store)
+    assert len(launches) == 1 and launches[0] == json.loads((folder / "launches.jsonl").read_text())
+    jobs = {int(shard): job_id for shard, job_id in launches[0]["jobs"].items()}
+    assert sorted(jobs) == [0, 1] and task_job_id(store) == jobs[0]
+
+    def states() -> dict[int, dict[str, str]]:
+        return {k: v["slurm"] for k, v in store_status(store)["shards"].items() if "slurm" in v}
+
+    # sacct may show a task as COMPLETING for a moment after its result is in.
+    want = {shard: {"job_id": job_id, "state": "COMPLETED"} for shard, job_id in jobs.items()}
+    wait_for(lambda: states() == want, 120, "sacct to show every shard COMPLETED")
+    st = run_cli("job=status", f"store={store}", hydra_dir=tmp_path / "h")
+    assert st.returncode == 0 and "2 done, 0 failed" in st.stdout, st.stdout + st.stderr[-2000:]
+    for shard, job_id in jobs.items():
+        assert f"shard {shard:5d}: 1 done, 0 failed" in st.stdout, st.stdout
+        assert f"idle, SLURM job {job_id} COMPLETED" in st.stdout, st.stdout
+    js = run_cli("job=status", f"store={store}", "job.json=true", hydra_dir=tmp_path / "h")
+    shards = json.loads(js.stdout)["shards"]
+    assert {int(k): v["slurm"] for k, v in shards.items()} == want
 
 
 def test_requeued_task_continues_without_redoing_done_videos(
