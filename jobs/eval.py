@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cache.journal import read_journal
+from cache import read_journal
 from jobs.launchers import Launcher
+from jobs.report import read_results
 from jobs.train import DataConfig, StreamDataset, read_samples
 
 METRICS = ("lm_ppl", "time_diff", "fluency", "lm_correctness", "lm_accuracy")
@@ -98,10 +99,7 @@ def merge(output_dir: str | Path) -> dict[str, Any]:
     """Read every shard's results and write ``summary.json``: per metric the mean, count and a
     95% normal confidence interval of the mean (1.96 standard errors)."""
     out = Path(output_dir)
-    records: dict[str, dict[str, Any]] = {}
-    for path in sorted((out / "results").glob("shard-*.jsonl")):
-        for r in read_journal(path):
-            records[r["sample_id"]] = r
+    records = read_results(out)
     summary: dict[str, Any] = {"samples": len(records)}
     for m in METRICS:
         values = [float(r[m]) for r in records.values() if r.get(m) is not None]

@@ -11,17 +11,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cache.journal import read_journal
+from cache import read_journal
 
 MAX_TIMELINES = 12
 
 
-def _records(out: Path) -> list[dict[str, Any]]:
+def read_results(output_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Every sample's result in an eval run, merged over its shards' ``results/shard-*.jsonl``:
+    by sample id, in the order first seen; a later line of the same sample replaces an earlier."""
     records: dict[str, dict[str, Any]] = {}
-    for path in sorted((out / "results").glob("shard-*.jsonl")):
+    for path in sorted((Path(output_dir) / "results").glob("shard-*.jsonl")):
         for r in read_journal(path):
             records[r["sample_id"]] = r
-    return [records[k] for k in sorted(records)]
+    return records
 
 
 def reply_times(record: dict[str, Any], fps: float) -> tuple[list[float], list[float]]:
@@ -43,13 +45,23 @@ def write_report(output_dir: str | Path, *, fps: float) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     out = Path(output_dir)
     summary = json.loads((out / "summary.json").read_text())
-    records = _records(out)
+    results = read_results(out)
+    records = [results[k] for k in sorted(results)]
     figs = out / "report"
     figs.mkdir(exist_ok=True)
+    _plot_frame_diffs(records, figs / "frame_diff.png")
+    timelines = _plot_timelines(records[:MAX_TIMELINES], figs, fps)
+    path = out / "report.html"
+    path.write_text(_page(out, summary, records, timelines, fps))
+    return path
+
+
+def _plot_frame_diffs(records: list[dict[str, Any]], path: Path) -> None:
+    """A histogram of every turn's ``frame_diff``."""
+    import matplotlib.pyplot as plt
 
     diffs = [t["frame_diff"] for r in records for t in r["turns"] if t["frame_diff"] is not None]
     fig, ax = plt.subplots(figsize=(6, 3.2))
@@ -61,11 +73,18 @@ def write_report(output_dir: str | Path, *, fps: float) -> Path:
     ax.set_ylabel("turns")
     ax.set_title(f"Response timing over {len(diffs)} turns")
     fig.tight_layout()
-    fig.savefig(figs / "frame_diff.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
+
+def _plot_timelines(
+    records: list[dict[str, Any]], figs: Path, fps: float
+) -> list[tuple[dict[str, Any], str]]:
+    """One gold-vs-predicted reply timeline per record, as ``figs/timeline-NNN.png``."""
+    import matplotlib.pyplot as plt
+
     timelines = []
-    for k, r in enumerate(records[:MAX_TIMELINES]):
+    for k, r in enumerate(records):
         gold, pred = reply_times(r, fps)
         fig, ax = plt.subplots(figsize=(7, 1.6))
         ax.scatter(gold, [1] * len(gold), marker="|", s=300, color="#2a7d2a", label="ground truth")
@@ -79,7 +98,17 @@ def write_report(output_dir: str | Path, *, fps: float) -> Path:
         fig.savefig(figs / name, dpi=90)
         plt.close(fig)
         timelines.append((r, name))
+    return timelines
 
+
+def _page(
+    out: Path,
+    summary: dict[str, Any],
+    records: list[dict[str, Any]],
+    timelines: list[tuple[dict[str, Any], str]],
+    fps: float,
+) -> str:
+    """The report's HTML: metrics table, figures (under ``report/``) and one row per sample."""
     rows = "".join(
         f"<tr><td>{m}</td><td>{_fmt(v['mean'])}</td><td>{v['n']}</td>"
         f"<td>{_fmt_ci(v['ci95'])}</td></tr>"
@@ -97,7 +126,7 @@ def write_report(output_dir: str | Path, *, fps: float) -> Path:
         f"</figure>"
         for r, name in timelines
     )
-    page = f"""<!doctype html>
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>streamfeat eval report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:right}}figure{{margin:.5em 0}}</style>
@@ -114,9 +143,6 @@ TimeDiff in seconds at {fps:g} FPS; intervals are 95% normal CIs of the mean.</p
 {sample_rows}</table>
 </body></html>
 """
-    path = out / "report.html"
-    path.write_text(page)
-    return path
 
 
 def _fmt(v: Any) -> str:
