@@ -46,15 +46,7 @@ def launcher_for(name: str, workers: int, store: Path) -> Any:
     if name == "ray":
         from jobs.ray_launcher import RayLauncher
 
-        # A "worker" is one CPU of the embedded Ray, shared by the encoder actor and decode tasks.
-        return RayLauncher(
-            shards=2,
-            num_cpus=workers,
-            encoder_actors=1,
-            encoder_num_cpus=workers / 2,
-            decode_num_cpus=workers / 2,
-            max_in_flight=2,
-        )
+        return RayLauncher(shards=2, num_cpus=workers)
     if name == "slurm":
         from jobs.slurm import SlurmLauncher
 
@@ -71,9 +63,17 @@ def launcher_for(name: str, workers: int, store: Path) -> Any:
 
 def measure(name: str, workers: int, videos: Path, work: Path, encoder: Any) -> dict[str, Any]:
     from jobs.extract import ExtractJob
+    from jobs.extract_ray import RayExtraction
 
     store = work / f"{name}-{workers}.zarr"
     shutil.rmtree(store, ignore_errors=True)
+    # A "worker" is one CPU of the embedded Ray, shared by the encoder actor and decode tasks.
+    ray = RayExtraction(
+        encoder_actors=1,
+        encoder_num_cpus=workers / 2,
+        decode_num_cpus=workers / 2,
+        max_in_flight=2,
+    )
     job = ExtractJob(
         videos=str(videos),
         store=str(store),
@@ -83,6 +83,7 @@ def measure(name: str, workers: int, videos: Path, work: Path, encoder: Any) -> 
         encode_threads=1,
         batch_frames=16,
         progress=False,
+        ray=ray,
     )
     t0 = time.perf_counter()
     summary = job.execute()

@@ -153,8 +153,7 @@ class EvalJob:
         Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
         shards = self.launcher.shard_count
         print(f"eval: {shards} shard(s) -> {spec.output_dir}", file=sys.stderr)
-        self.launcher.run(functools.partial(eval_shard, spec), shards)
-        if not self.launcher.waits:
+        if self.launcher.run(functools.partial(eval_shard, spec), shards) is None:
             print("eval: submitted; merge later with python run.py job=eval ... (same command)")
             return 0
         summary = merge(spec.output_dir)

@@ -29,9 +29,11 @@ from extract.pipeline import (
     FrameSource,
     VideoTask,
 )
+from jobs.extract_ray import RayExtraction
 from jobs.inputs import VideoInput, resolve_videos
 from jobs.launchers import Launcher
 from jobs.provenance import provenance
+from jobs.ray_launcher import RayLauncher
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +238,7 @@ class ExtractJob:
         commit_interval_s: float = 60.0,
         retry_failed: bool = True,
         progress: bool = True,
+        ray: RayExtraction | None = RayExtraction(),  # noqa: B008 - frozen: safe to share
     ) -> None:
         if fps <= 0:
             raise ValueError(f"job.fps must be > 0, got {fps}")
@@ -244,6 +247,7 @@ class ExtractJob:
         if batching not in ("dynamic", "fixed"):
             raise ValueError(f"job.batching must be dynamic or fixed, got {batching!r}")
         self.launcher = launcher
+        self.ray = ray  # with launcher=ray: how decode and encode use the cluster (None: in-shard)
         self.videos = videos
         self.videos_root = videos_root
         self.store = store
@@ -287,7 +291,7 @@ class ExtractJob:
         spec = ExtractSpec(videos=tuple(inputs), **self._spec_args)  # type: ignore[arg-type]
         known = indexed_videos(spec.store)  # read once here, not once per shard
         before = {vid: e.status for vid, e in known.items()}
-        shards = min(self.launcher.shard_count, len(inputs))
+        shards = min(self._shard_count(), len(inputs))
         # Rerunning resubmits only shards with something left to do.
         pending = [i for i in range(shards) if shard_todo(spec, i, shards, known)[0]]
         print(
@@ -295,11 +299,8 @@ class ExtractJob:
             f"{len(pending)} with work left, {type(self.launcher).__name__})",
             file=sys.stderr,
         )
-        results: list[ShardResult | None] = []
-        if pending:  # nothing left: no cluster to start, no model to load
-            fn = functools.partial(run_shard, spec, **self.launcher.extract_kwargs(spec))
-            results = self.launcher.run(fn, shards, pending)
-        if not self.launcher.waits:
+        results = self._launch(spec, shards, pending)
+        if results is None:  # only submitted
             print(
                 f"extract: submitted {len(pending)} shard(s); follow with: "
                 f"python run.py job=status store={spec.store}"
@@ -309,6 +310,22 @@ class ExtractJob:
         firsts = [r.first_frame_at for r in results if r is not None and r.first_frame_at]
         summary["seconds_to_first_frame"] = round(min(firsts) - submitted_at, 3) if firsts else None
         return summary
+
+    def _shard_count(self) -> int:
+        if self.ray is not None and isinstance(self.launcher, RayLauncher):
+            return self.ray.shard_count(self.launcher)
+        return self.launcher.shard_count
+
+    def _launch(
+        self, spec: ExtractSpec, shards: int, pending: list[int]
+    ) -> list[ShardResult | None] | None:
+        """Run the pending shards (``None``: only submitted). With nothing pending, nothing is
+        started (no cluster, no model to load). On Ray, ``job.ray`` says how shards decode and
+        encode; elsewhere (or ``job.ray=null``) each shard does both in its own process."""
+        fn = functools.partial(run_shard, spec)
+        if self.ray is not None and isinstance(self.launcher, RayLauncher):
+            return self.ray.run(self.launcher, fn, spec, shards, pending)
+        return self.launcher.run(fn, shards, pending)
 
 
 def summarize(

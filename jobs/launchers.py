@@ -1,34 +1,32 @@
-"""Launchers run ``fn(shard, shard_count)`` for the given shards and return the results in order.
+"""Launchers only schedule: ``run`` calls ``fn(shard, shard_count)`` for the given shards and
+``run_ranks`` calls ``fn(rank, world_size)`` on all ranks at once (torch.distributed).
 
-The local launcher is the default: in-process for one worker, a process pool for several.
-A result is ``None`` for a shard whose worker was lost (what it committed stays in the store;
-rerunning finishes it).
+``run`` returns the results in shard order, ``None`` for a shard whose worker was lost (what it
+committed stays in the store; rerunning finishes it), or ``None`` instead of the list when the
+launcher only submitted (SLURM ``wait=false``). The local launcher is the default: in-process for
+one worker, a process pool for several.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 R = TypeVar("R")
 
 
 class Launcher(Protocol):
     @property
-    def shard_count(self) -> int: ...
-
-    @property
-    def waits(self) -> bool:
-        """False when ``run`` only submits (results are then all ``None``)."""
+    def shard_count(self) -> int:
+        """How many shards a job splits its work into with this launcher."""
         ...
 
     def run(
-        self, fn: Callable[..., R], shard_count: int, shards: Sequence[int] | None = None
-    ) -> list[R | None]: ...
-
-    def extract_kwargs(self, spec: Any) -> dict[str, Any]:
-        """Extra keyword arguments for ``run_shard`` (e.g. remote encoder and decoder)."""
+        self, fn: Callable[[int, int], R], shard_count: int, shards: Sequence[int] | None = None
+    ) -> list[R | None] | None:
+        """Run ``fn(shard, shard_count)`` for each shard (default: all ``shard_count``); the
+        results in shard order, or ``None`` when the shards were only submitted."""
         ...
 
     def run_ranks(self, fn: Callable[[int, int], R], world_size: int) -> R | None:
@@ -54,12 +52,8 @@ class LocalLauncher:
     def shard_count(self) -> int:
         return self.shards or self.workers
 
-    @property
-    def waits(self) -> bool:
-        return True
-
     def run(
-        self, fn: Callable[..., R], shard_count: int, shards: Sequence[int] | None = None
+        self, fn: Callable[[int, int], R], shard_count: int, shards: Sequence[int] | None = None
     ) -> list[R | None]:
         ids = list(range(shard_count) if shards is None else shards)
         if self.workers == 1 or len(ids) <= 1:
@@ -71,9 +65,6 @@ class LocalLauncher:
         with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as ex:
             futures = [ex.submit(fn, i, shard_count) for i in ids]
             return [f.result() for f in futures]
-
-    def extract_kwargs(self, spec: Any) -> dict[str, Any]:
-        return {}  # decode and encode in the shard's own process
 
     def run_ranks(self, fn: Callable[[int, int], R], world_size: int) -> R | None:
         if world_size == 1:

@@ -61,8 +61,9 @@ class SlurmLauncher:
 
     Every sbatch setting users need is a field; ``additional_parameters`` passes anything else
     (e.g. ``{"reservation": "x"}``) and ``setup`` adds shell lines before the task starts (module
-    loads, env vars). ``wait=False`` submits and returns at once. Each array is recorded in
-    ``folder`` and, with ``store``, registered in that store, where ``job=status`` finds it.
+    loads, env vars). ``wait=False`` submits and returns at once (``run`` and ``run_ranks`` then
+    return ``None``). Each array is recorded in ``folder`` and, with ``store``, registered in that
+    store, where ``job=status`` finds it.
     """
 
     folder: str
@@ -98,13 +99,6 @@ class SlurmLauncher:
     def shard_count(self) -> int:
         return self.shards
 
-    @property
-    def waits(self) -> bool:
-        return self.wait
-
-    def extract_kwargs(self, spec: Any) -> dict[str, Any]:
-        return {}  # each task decodes and encodes in its own allocation
-
     def executor(self) -> Any:
         ex = submitit.AutoExecutor(
             folder=Path(self.folder) / "%j",
@@ -133,12 +127,13 @@ class SlurmLauncher:
         return ex
 
     def run(
-        self, fn: Callable[..., R], shard_count: int, shards: Sequence[int] | None = None
-    ) -> list[R | None]:
-        """Submit one array over ``shards``; wait (unless ``wait=False``) and return results."""
+        self, fn: Callable[[int, int], R], shard_count: int, shards: Sequence[int] | None = None
+    ) -> list[R | None] | None:
+        """Submit one array over ``shards``; wait and return the results, or return ``None`` at
+        once with ``wait=False``."""
         ids = list(range(shard_count) if shards is None else shards)
         if not ids:
-            return []
+            return [] if self.wait else None
         jobs = self.executor().map_array(ShardTask(fn, shard_count), ids)
         record = {
             "launcher": "slurm",
@@ -157,7 +152,7 @@ class SlurmLauncher:
             file=sys.stderr,
         )
         if not self.wait:
-            return [None] * len(ids)
+            return None
         results: list[R | None] = []
         for shard, job in zip(ids, jobs, strict=True):
             try:

@@ -1,5 +1,5 @@
-"""The Ray launcher on a real local Ray (2 CPUs): end to end through run.py, worker and actor
-deaths mid-run, and the decode window's backpressure."""
+"""The Ray launcher and extraction's Ray design on a real local Ray (2 CPUs): end to end through
+run.py, worker and actor deaths mid-run, and the decode window's backpressure."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ ray = pytest.importorskip("ray")
 from cache import load_index, open_store  # noqa: E402
 from extract.encoders import SiglipConfig  # noqa: E402
 from extract.pipeline import DecodeOptions, OpenedVideo, VideoTask  # noqa: E402
-from jobs.extract import ExtractSpec, ShardResult, run_shard  # noqa: E402
+from jobs.extract import ExtractJob, ExtractSpec, ShardResult, run_shard  # noqa: E402
+from jobs.extract_ray import RayExtraction, RaySource, decode_range  # noqa: E402
 from jobs.inputs import VideoInput  # noqa: E402
-from jobs.ray_launcher import RayLauncher, RaySource, decode_range  # noqa: E402
+from jobs.ray_launcher import RayLauncher  # noqa: E402
 from jobs.verify import verify_store  # noqa: E402
 from tests.jobs.cli import ROOT, run_cli  # noqa: E402
 from tests.media import make_video, read_indices  # noqa: E402
@@ -108,14 +109,18 @@ def test_launcher_protocol_and_config() -> None:
     from jobs.launchers import Launcher
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", ["launcher=ray", "launcher.encoder_actors=3", "store=y"])
+        cfg = compose("config", ["launcher=ray", "job.ray.encoder_actors=3", "store=y", "videos=x"])
     launcher: Launcher = instantiate(cfg.launcher)
     assert isinstance(launcher, RayLauncher) and launcher.address is None
-    assert launcher.shard_count == 6 and launcher.waits
+    assert launcher.run(lambda shard, n: shard, 0) == []  # a list, not None: Ray always waits
+    job = instantiate(cfg.job, _convert_="all")
+    assert isinstance(job.ray, RayExtraction) and job.ray.encoder_actors == 3
+    assert job._shard_count() == 6  # two shards per encoder actor unless launcher.shards is set
+    assert launcher.shard_count == 2  # what a job without a Ray design gets
     with pytest.raises(NotImplementedError, match="job=extract only"):
         launcher.run_ranks(lambda rank, n: rank, 2)
     with pytest.raises(ValueError, match="decode_num_cpus must be > 0"):
-        RayLauncher(decode_num_cpus=0)
+        RayExtraction(decode_num_cpus=0)
 
 
 # -- in-process Ray --------------------------------------------------------------------------
@@ -210,15 +215,17 @@ def test_worker_and_actor_deaths_lose_and_duplicate_nothing(
     for shard in range(2):  # the uninterrupted reference, decoded and encoded in this process
         run_shard(ref, shard, 2)
 
-    launcher = RayLauncher(shards=2, max_retries=2, max_in_flight=2)
-    kwargs = launcher.extract_kwargs(spec)
+    launcher, design = RayLauncher(shards=2, max_retries=2), RayExtraction(max_in_flight=2)
     # shard 0 holds v0 then v2: v0 is done before the death, v2 dies part-way.
     marker = str(tmp_path / "died")
-    source = DyingSource(kwargs["source"], "v2", str(store), marker, launcher._actors[0])
-    fn = functools.partial(run_shard, spec, encoder=kwargs["encoder"], source=source)
-    t0 = time.perf_counter()
-    results = launcher.run(fn, launcher.shard_count)
-    print(f"run with a worker and an actor death: {time.perf_counter() - t0:.1f} s")
+    with design.start(launcher, spec) as remote_parts:
+        actor = remote_parts["encoder"].actors[0]
+        source = DyingSource(remote_parts["source"], "v2", str(store), marker, actor)
+        fn = functools.partial(run_shard, spec, encoder=remote_parts["encoder"], source=source)
+        t0 = time.perf_counter()
+        window = design.concurrent_shards(launcher)
+        results = launcher.run(fn, design.shard_count(launcher), concurrency=window)
+        print(f"run with a worker and an actor death: {time.perf_counter() - t0:.1f} s")
 
     died = json.loads(Path(marker).read_text())
     assert Path(marker + ".actor").exists()
@@ -245,8 +252,10 @@ def test_worker_and_actor_deaths_lose_and_duplicate_nothing(
         assert len(tb) == info["num_frames"] == want.info(vid)["num_frames"] == 6
         np.testing.assert_array_equal(tb, ta)
         np.testing.assert_array_equal(pb, pa)
-    # The launcher killed its actors at the end; the Ray it did not start is still up.
-    assert ray.is_initialized() and not launcher._actors
+    # The design killed its actors at the end; the Ray it did not start is still up.
+    assert ray.is_initialized()
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(actor.meta.remote(), timeout=60)
 
 
 def _dies_on_shard_1(attempts: str, shard: int, shard_count: int) -> int:
@@ -263,6 +272,44 @@ def test_shard_lost_after_retries_gives_none(tmp_path: Path, ray_cluster: Any) -
     results = launcher.run(functools.partial(_dies_on_shard_1, str(attempts)), 3)
     assert results == [0, None, 20]
     assert sorted(attempts.read_text().split()) == ["0", "1", "1", "2"]  # 1 try + 1 retry
+
+
+def test_without_a_ray_design_shard_tasks_decode_and_encode_themselves(
+    tmp_path: Path, tiny_siglip: Path, ray_cluster: Any
+) -> None:
+    """``job.ray=null``: each shard task runs the whole pipeline in its own Ray worker (no
+    actors, no decode tasks) and the store is the same as with local shards."""
+    from jobs.launchers import LocalLauncher
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(3):
+        make_video(videos / f"v{i}.mp4", seconds=1.0 + 0.5 * i, width=64, height=48)
+
+    def job(store: str, launcher: Any, **kw: Any) -> ExtractJob:
+        return ExtractJob(
+            videos=str(videos),
+            store=str(tmp_path / store),
+            encoder=SiglipConfig(pretrained=str(tiny_siglip)),
+            launcher=launcher,
+            batch_frames=1,  # tokens independent of batching
+            progress=False,
+            **kw,
+        )
+
+    remote = job("ray.zarr", RayLauncher(shards=2), ray=None).execute()
+    local = job("local.zarr", LocalLauncher(shards=2)).execute()
+    assert remote is not None and local is not None
+    assert remote["done"] == local["done"] == 3 and not remote["failed"], remote
+    assert sorted(r["shard"] for r in remote["shards"]) == [0, 1]
+    for shard in range(2):
+        journal = tmp_path / "ray.zarr" / "index" / f"shard-{shard:05d}.jsonl"
+        runs = [r for r in map(json.loads, journal.read_text().splitlines()) if r["kind"] == "run"]
+        assert runs and all(r["pid"] != os.getpid() for r in runs)  # written by a Ray worker
+    a, b = open_store(tmp_path / "local.zarr"), open_store(tmp_path / "ray.zarr")
+    assert a.video_ids(status="done") == b.video_ids(status="done") == ["v0", "v1", "v2"]
+    for vid in a.video_ids():
+        np.testing.assert_array_equal(b.read(vid)[0], a.read(vid)[0])
 
 
 # -- decode backpressure ---------------------------------------------------------------------
