@@ -13,8 +13,8 @@ import pytest
 
 from cache import load_index, open_store
 from cache.journal import read_journal
+from extract.samples import make_video
 from tests.jobs.cli import run_cli
-from tests.media import make_video
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
 
