@@ -14,7 +14,7 @@ $(STAMP): setup.cfg pyproject.toml scripts/install.sh
 	touch $@
 
 demo: $(STAMP)
-	$(PY) scripts/demo.py
+	$(PY) -m scripts.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -28,4 +28,4 @@ test-all: $(STAMP) lint
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) bench/extract.py
+	$(PY) -m bench.extract

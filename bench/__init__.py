@@ -1,1 +1,2 @@
-"""Benchmarks (run as scripts: ``python bench/extract.py``)."""
+"""Benchmarks, run from the repository root as modules (``python -m bench.extract``); see
+bench/README.md."""

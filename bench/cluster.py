@@ -6,7 +6,7 @@ side by side in one run; each worker gets one core (decode and encode threads = 
 fps(2) / (2 x fps(1)), and the fixed overhead per shard: seconds from submitting to the first
 encoded frame. The last line is one JSON object.
 
-    python bench/cluster.py [--launchers local,ray,slurm] [--videos 8] [--seconds 15]
+    python -m bench.cluster [--launchers local,ray,slurm] [--videos 8] [--seconds 15]
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from extract.samples import lavfi_video
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def make_inputs(out: Path, n: int, seconds: float) -> Path:
@@ -31,10 +31,7 @@ def make_inputs(out: Path, n: int, seconds: float) -> Path:
         path = videos / f"clip{i:02d}.mp4"
         if path.exists():
             continue
-        src = f"testsrc2=size=640x360:rate=30,noise=alls={8 + i}:allf=t"
-        cmd = ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", src]
-        cmd += ["-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"]
-        subprocess.run([*cmd, str(path)], check=True)
+        lavfi_video(path, f"testsrc2=size=640x360:rate=30,noise=alls={8 + i}:allf=t", seconds)
     return videos
 
 

@@ -9,7 +9,7 @@ videos, then measures, side by side in one run:
   with 0, 2 and 4 workers (tokenization included, no model).
 The last line is one JSON object.
 
-    python bench/data.py [--videos 8] [--frames 3000]
+    python -m bench.data [--videos 8] [--frames 3000]
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 N, D = 10, 1024
 
@@ -122,7 +120,7 @@ def main() -> None:
     store, pts_dir = build(work, args.videos, args.frames)
 
     from models.live import LiveConfig, build_live
-    from tests.models.tiny_llm import save_tiny_llm
+    from models.tiny import save_tiny_llm
 
     llm = work / "tiny-llm"
     if not (llm / "config.json").exists():

@@ -1,7 +1,7 @@
 """Extraction throughput on generated videos: decode-only, encode-only, end to end (run_shard),
 against ``ffmpeg -f null`` decoding and VideoLLM-online's re-encode recipe; store bytes per frame.
 
-    .venv/bin/python bench/extract.py [--quick] [--seconds S] [--encoder ViT-B-32] [--repeats N]
+    .venv/bin/python -m bench.extract [--quick] [--seconds S] [--encoder ViT-B-32] [--repeats N]
 
 End to end is measured twice: with the default dynamic batching (the headline figure) and with
 ``batching=fixed`` (bit-reproducible tokens; waits for full batches), side by side.
@@ -12,33 +12,29 @@ reported. The last line printed is one JSON object. See bench/README.md.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import functools
+import json
+import os
+import resource
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from extract.encoders import ClipConfig, Encoder
+from extract.frames import FrameReader
+from extract.pipeline import Batching, DecodeOptions
+from extract.samples import lavfi_video
+from jobs.extract import ExtractSpec, cached_encoder, run_shard
+from jobs.inputs import VideoInput
 
 ROOT = Path(__file__).resolve().parents[1]
-# This file is called extract.py: keep its folder off sys.path so `extract` is the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any, TypeVar  # noqa: E402
-
-import torch  # noqa: E402
-
-from extract.encoders import ClipConfig, Encoder  # noqa: E402
-from extract.frames import FrameReader  # noqa: E402
-from extract.pipeline import Batching, DecodeOptions  # noqa: E402
-from jobs.extract import ExtractSpec, _encoder, run_shard  # noqa: E402
-from jobs.inputs import VideoInput  # noqa: E402
-
 T = TypeVar("T")
 BUSY = 0.25  # other processes' cores above which a timing counts as disturbed (and is redone)
 DEFAULT_ENCODER = "ViT-M-32"  # see README.md: balances decode and encode on a 2-core CPU
@@ -133,15 +129,14 @@ def make_videos(cache: Path, seconds: float) -> list[Path]:
     """Generate the bench videos (testsrc2 + temporal noise, x264 veryfast), reusing files."""
     cache.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, size, rate, secs in VIDEOS:
-        secs = secs or seconds
+    for name, size, rate, fixed in VIDEOS:
+        secs = fixed or seconds
         path = cache / f"{name}_{secs:g}s.mp4"
         if not path.exists():
             print(f"generating {path} ({size} {rate} fps, {secs:g} s) ...", flush=True)
             tmp = path.with_suffix(".tmp.mp4")
-            ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}", "-t", f"{secs:g}",
-                   "-vf", "noise=alls=12:allf=t+u", "-c:v", "libx264", "-preset", "veryfast",
-                   "-pix_fmt", "yuv420p", "-g", "250", str(tmp))  # fmt: skip
+            lavfi_video(tmp, f"testsrc2=size={size}:rate={rate}", secs,
+                        extra_args=["-vf", "noise=alls=12:allf=t+u", "-g", "250"])  # fmt: skip
             tmp.rename(path)
         paths.append(path)
     return paths
@@ -156,6 +151,12 @@ def decode_only(paths: list[Path], opts: DecodeOptions, size: int) -> list[torch
                              seek_mode=opts.seek_mode)  # fmt: skip
         out.extend(frames for frames, _ in reader.chunks())
     return out
+
+
+def decode_both(path: Path, opts: DecodeOptions, size: int, threads: int) -> tuple[Run, Run]:
+    """Decode ``path`` with FrameReader, then with ffmpeg, back to back: both timings."""
+    ours = timed(lambda: decode_only([path], opts, size))[1]
+    return ours, timed(lambda: ffmpeg_decode([path], threads))[1]
 
 
 def encode_all(encoder: Encoder, frames: torch.Tensor, batch: int) -> int:
@@ -211,8 +212,8 @@ def tree_bytes(root: Path, part: str | None = None) -> int:
     )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--cache", type=Path, default=ROOT / ".bench")
     ap.add_argument("--seconds", type=float, default=None, help="long video length (120)")
     ap.add_argument("--quick", action="store_true", help="20 s long video, 2 rounds")
@@ -224,7 +225,30 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="rounds (default 3, quick 2)")
     ap.add_argument("--settle", type=float, default=20.0, help="max s to wait for a quiet CPU")
     ap.add_argument("--tries", type=int, default=3, help="attempts per disturbed measurement")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+@dataclass
+class Setup:
+    """What every round measures: the inputs, how they are decoded and stored, the encoder
+    (warmed up) and every sampled frame, decoded once for encode-only."""
+
+    args: argparse.Namespace
+    repeats: int
+    paths: list[Path]
+    opts: DecodeOptions
+    store: Path
+    spec_for: Callable[..., ExtractSpec]
+    encoder: Encoder
+    frames: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return self.encoder.image_size
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    """Make the inputs, load and warm up the encoder, decode every sampled frame."""
     repeats = max(2, args.repeats or (2 if args.quick else 3))
     th = args.threads
     paths = make_videos(args.cache, args.seconds or (20.0 if args.quick else 120.0))
@@ -248,81 +272,108 @@ def main() -> None:
     shutil.rmtree(warm, ignore_errors=True)
     end_to_end(spec_for([paths[1]], warm))
     shutil.rmtree(warm)
-    encoder = _encoder(cfg)
-    size = encoder.image_size
-    frames = torch.cat(decode_only(paths, opts, size))
-    n = len(frames)
+    encoder = cached_encoder(cfg)
+    frames = torch.cat(decode_only(paths, opts, encoder.image_size))
     encode_all(encoder, frames[: args.batch], args.batch)
+    return Setup(args, repeats, paths, opts, store, spec_for, encoder, frames)
+
+
+def describe_setup(s: Setup) -> int:
+    """Print the machine, threads, encoder and inputs; returns the number of source frames."""
+    args, th, encoder, size = s.args, s.args.threads, s.encoder, s.size
     print(f"cpu: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
     print(f"threads: decode (torchcodec num_ffmpeg_threads) {th}, torch intra-op "
           f"{torch.get_num_threads()}, ffmpeg -threads {th} (decode, filter, encode)")  # fmt: skip
     print(f"encoder: open_clip {args.encoder} random weights, {size}px, dim {encoder.dim}, "
           f"{encoder.tokens_per_frame} tokens/frame, autocast {encoder.autocast}, "
           f"batch {args.batch}, store float16")  # fmt: skip
-    readers = [FrameReader(p, fps=args.fps, size=size) for p in paths]
+    readers = [FrameReader(p, fps=args.fps, size=size) for p in s.paths]
     src_frames = [len(r.decoder) for r in readers]  # exact seek mode: counted from the packets
-    total_src = sum(src_frames)
+    total_src, n = sum(src_frames), len(s.frames)
     print(f"videos ({n} sampled frames at {args.fps:g} fps, {total_src} source frames):")
-    for p, r, src in zip(paths, readers, src_frames, strict=True):
+    for p, r, src in zip(s.paths, readers, src_frames, strict=True):
         pr = r.probe
         print(f"  {p.name}: {pr.width}x{pr.height} {pr.average_fps:.0f} fps "
               f"{pr.duration_seconds:.1f} s, {src} source / {r.num_frames} sampled frames, "
               f"{p.stat().st_size / 1e6:.1f} MB")  # fmt: skip
-    del readers
+    return total_src
 
-    # Per round: each video decoded by us then by ffmpeg, back to back (the two are compared),
-    # then encode-only, end to end (dynamic, then fixed batching) and the re-encode recipe.
-    vids: dict[str, list[list[Run]]] = {k: [[] for _ in paths] for k in ("decode", "ffmpeg")}
+
+@dataclass
+class Rounds:
+    """The timings of every round: per video for decode-only and ffmpeg (``vids``), per kind
+    (``runs``), the re-encode recipe's stages, and the frames the recipe encoded."""
+
+    vids: dict[str, list[list[Run]]]
+    runs: dict[str, list[Run]]
+    stages: list[dict[str, float]]
+    re_frames: int = 0
+
+
+def run_rounds(s: Setup) -> Rounds:
+    """Per round: each video decoded by us then by ffmpeg, back to back (the two are compared),
+    then encode-only, end to end (dynamic, then fixed batching) and the re-encode recipe."""
     kinds = ("decode", "ffmpeg", "encode", "e2e", "fixed", "re")
-    runs: dict[str, list[Run]] = {k: [] for k in kinds}
-    stages: list[dict[str, float]] = []
-    re_frames = e2e_frames = fixed_frames = 0
-    tmp = args.cache / "reencoded.mp4"
-    wait, tries = args.settle, max(1, args.tries)
-
-    for i in range(repeats):
-        for j, p in enumerate(paths):
-            (d, f), _ = measure(
-                lambda p=p: (timed(lambda: decode_only([p], opts, size))[1],
-                             timed(lambda: ffmpeg_decode([p], th))[1]), wait, tries,
-            )  # fmt: skip
-            vids["decode"][j].append(d)
-            vids["ffmpeg"][j].append(f)
-        for k in ("decode", "ffmpeg"):
-            runs[k].append(total([v[-1] for v in vids[k]]))
-        runs["encode"].append(
-            measure(lambda: encode_all(encoder, frames, args.batch), wait, tries)[1]
-        )
-        e2e_frames, r = measure(
-            lambda: end_to_end(spec_for(paths, store)), wait, tries,
-            prep=lambda: shutil.rmtree(store, ignore_errors=True),  # a fresh store each time
-        )  # fmt: skip
-        runs["e2e"].append(r)
-        fixed_frames, r = measure(
-            lambda: end_to_end(spec_for(paths, store, "fixed")), wait, tries,
-            prep=lambda: shutil.rmtree(store, ignore_errors=True),
-        )  # fmt: skip
-        runs["fixed"].append(r)
-        (re_frames, st), r = measure(
-            lambda: reencode_recipe(paths, tmp, size, args.fps, th, encoder, args.batch),
-            wait,
-            tries,
-        )
-        runs["re"].append(r)
-        stages.append(st)
-        last = {k: v[-1] for k, v in runs.items()}
-        print(f"round {i + 1}/{repeats}: " + ", ".join(f"{k} {r}" for k, r in last.items()))
+    rounds = Rounds({k: [[] for _ in s.paths] for k in ("decode", "ffmpeg")},
+                    {k: [] for k in kinds}, [])  # fmt: skip
+    tmp = s.args.cache / "reencoded.mp4"
+    n = len(s.frames)
+    e2e_frames = fixed_frames = 0
+    for i in range(s.repeats):
+        e2e_frames, fixed_frames = one_round(s, rounds, tmp)
+        last = {k: v[-1] for k, v in rounds.runs.items()}
+        print(f"round {i + 1}/{s.repeats}: " + ", ".join(f"{k} {r}" for k, r in last.items()))
     tmp.unlink(missing_ok=True)
     if e2e_frames != n or fixed_frames != n:
         raise RuntimeError(f"end to end wrote {e2e_frames}/{fixed_frames} frames, decode-only {n}")
+    return rounds
 
-    b = {k: best(v) for k, v in runs.items()}
+
+def one_round(s: Setup, rounds: Rounds, tmp: Path) -> tuple[int, int]:
+    """Time every measurement once, appending to ``rounds``; returns the frames end to end wrote
+    with dynamic and with fixed batching."""
+    args, th, size, store, spec_for = s.args, s.args.threads, s.size, s.store, s.spec_for
+    vids, runs = rounds.vids, rounds.runs
+    wait, tries = args.settle, max(1, args.tries)
+    for j, p in enumerate(s.paths):
+        (d, f), _ = measure(functools.partial(decode_both, p, s.opts, size, th), wait, tries)
+        vids["decode"][j].append(d)
+        vids["ffmpeg"][j].append(f)
+    for k in ("decode", "ffmpeg"):
+        runs[k].append(total([v[-1] for v in vids[k]]))
+    runs["encode"].append(
+        measure(lambda: encode_all(s.encoder, s.frames, args.batch), wait, tries)[1]
+    )
+    e2e_frames, r = measure(
+        lambda: end_to_end(spec_for(s.paths, store)), wait, tries,
+        prep=lambda: shutil.rmtree(store, ignore_errors=True),  # a fresh store each time
+    )  # fmt: skip
+    runs["e2e"].append(r)
+    fixed_frames, r = measure(
+        lambda: end_to_end(spec_for(s.paths, store, "fixed")), wait, tries,
+        prep=lambda: shutil.rmtree(store, ignore_errors=True),
+    )  # fmt: skip
+    runs["fixed"].append(r)
+    (rounds.re_frames, st), r = measure(
+        lambda: reencode_recipe(s.paths, tmp, size, args.fps, th, s.encoder, args.batch),
+        wait,
+        tries,
+    )
+    runs["re"].append(r)
+    rounds.stages.append(st)
+    return e2e_frames, fixed_frames
+
+
+def report(s: Setup, rounds: Rounds, total_src: int) -> dict[str, Any]:
+    """Print the best of the rounds and the targets; returns the JSON summary."""
+    args, th, n, encoder = s.args, s.args.threads, len(s.frames), s.encoder
+    b = {k: best(v) for k, v in rounds.runs.items()}
     for k in ("decode", "ffmpeg"):  # per video best of the rounds, summed
-        b[k] = total([best(v) for v in vids[k]])
-    fps = {k: (re_frames if k == "re" else n) / r.seconds for k, r in b.items()}
+        b[k] = total([best(v) for v in rounds.vids[k]])
+    fps = {k: (rounds.re_frames if k == "re" else n) / r.seconds for k, r in b.items()}
     src_fps = {k: total_src / b[k].seconds for k in ("decode", "ffmpeg")}
-    st = stages[runs["re"].index(b["re"])]
-    tok_bytes = tree_bytes(store / "shards", "tokens")
+    st = rounds.stages[rounds.runs["re"].index(b["re"])]
+    tok_bytes = tree_bytes(s.store / "shards", "tokens")
     raw = n * encoder.tokens_per_frame * encoder.dim * 2
     bound = min(fps["decode"], fps["encode"])
     metrics = {
@@ -331,20 +382,9 @@ def main() -> None:
         "speedup_vs_reencode": fps["e2e"] / fps["re"],
         "bytes_per_frame_ratio": tok_bytes / raw,
     }
-    print(f"results: best of {repeats} rounds by wall time (decode-only and ffmpeg: per video, "
-          f"summed), disturbed runs (others > {BUSY} cores) only if no other; cores = CPU time "
-          "/ wall; others = other processes' cores meanwhile")  # fmt: skip
-    labels = {"decode": "decode-only (FrameReader)", "ffmpeg": f"ffmpeg -threads {th} -f null"}
-    labels.update(encode="encode-only", e2e="end-to-end (run_shard)",
-                  fixed="end-to-end, fixed batching", re="re-encode recipe")  # fmt: skip
-    for k, label in labels.items():
-        src = f", {src_fps[k]:6.1f} source frames/s" if k in src_fps else ""
-        print(f"  {label:26s} {fps[k]:6.2f} frames/s{src}  [{b[k]}]")
-    print(f"  decode/encode frames/s ratio {fps['decode'] / fps['encode']:.2f} (aim: 0.5-2)")
-    print(f"  re-encode recipe stages: ffmpeg {st['reencode']:.2f} s, decode {st['decode']:.2f} s, "
-          f"encode {st['encode']:.2f} s ({re_frames} frames)")  # fmt: skip
+    print_results(s, b, fps, src_fps, st, rounds.re_frames)
     print(f"  store: tokens {tok_bytes} B for {n} frames ({tok_bytes / n:.0f} B/frame, raw "
-          f"{raw / n:.0f}); whole store {tree_bytes(store) / n:.0f} B/frame")  # fmt: skip
+          f"{raw / n:.0f}); whole store {tree_bytes(s.store) / n:.0f} B/frame")  # fmt: skip
     met = {}
     for k, v in metrics.items():
         op, target = TARGETS[k]
@@ -358,13 +398,44 @@ def main() -> None:
         fixed_batching_fps=round(fps["fixed"], 3),
         fixed_batching_pipeline_efficiency=round(fps["fixed"] / bound, 4),
         reencode_stages_s={k: round(v, 3) for k, v in st.items()}, encoder=args.encoder,
-        autocast=encoder.autocast, image_size=size, batch=args.batch, threads=th, frames=n,
-        source_frames=total_src, repeats=repeats, statistic="best (min wall time)",
+        autocast=encoder.autocast, image_size=s.size, batch=args.batch, threads=th, frames=n,
+        source_frames=total_src, repeats=s.repeats, statistic="best (min wall time)",
         other_processes_cores={k: round(r.others / r.seconds, 2) for k, r in b.items()},
         disturbed=[k for k, r in b.items() if r.disturbed],
-        videos=[p.name for p in paths], targets_met=met,
+        videos=[p.name for p in s.paths], targets_met=met,
     )  # fmt: skip
-    print(json.dumps(out))
+    return out
+
+
+def print_results(
+    s: Setup,
+    b: dict[str, Run],
+    fps: dict[str, float],
+    src_fps: dict[str, float],
+    st: dict[str, float],
+    re_frames: int,
+) -> None:
+    """The frames/s of each measurement (best run) and the recipe's stages."""
+    th = s.args.threads
+    print(f"results: best of {s.repeats} rounds by wall time (decode-only and ffmpeg: per video, "
+          f"summed), disturbed runs (others > {BUSY} cores) only if no other; cores = CPU time "
+          "/ wall; others = other processes' cores meanwhile")  # fmt: skip
+    labels = {"decode": "decode-only (FrameReader)", "ffmpeg": f"ffmpeg -threads {th} -f null"}
+    labels.update(encode="encode-only", e2e="end-to-end (run_shard)",
+                  fixed="end-to-end, fixed batching", re="re-encode recipe")  # fmt: skip
+    for k, label in labels.items():
+        src = f", {src_fps[k]:6.1f} source frames/s" if k in src_fps else ""
+        print(f"  {label:26s} {fps[k]:6.2f} frames/s{src}  [{b[k]}]")
+    print(f"  decode/encode frames/s ratio {fps['decode'] / fps['encode']:.2f} (aim: 0.5-2)")
+    print(f"  re-encode recipe stages: ffmpeg {st['reencode']:.2f} s, decode {st['decode']:.2f} s, "
+          f"encode {st['encode']:.2f} s ({re_frames} frames)")  # fmt: skip
+
+
+def main() -> None:
+    s = setup(parse_args())
+    total_src = describe_setup(s)
+    rounds = run_rounds(s)
+    print(json.dumps(report(s, rounds, total_src)))
 
 
 if __name__ == "__main__":

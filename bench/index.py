@@ -5,7 +5,7 @@ run writes: a segment, a piece and a done line per clip, with the usual index fi
 times ``cache.load_index`` against a plain baseline reading the same files (one ``json.loads``
 per line, garbage collector on), side by side. The last line printed is one JSON object.
 
-    .venv/bin/python bench/index.py [--videos 300000] [--shards 4]
+    .venv/bin/python -m bench.index [--videos 300000] [--shards 4]
 """
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from cache.journal import build_index, load_index, shard_of_journal
 
-from cache.journal import build_index, load_index, shard_of_journal  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_journals(root: Path, videos: int, shards: int) -> int:

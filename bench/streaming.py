@@ -8,7 +8,7 @@ Latency at frame N is the median wall time of the frames just before N (silent f
 threshold is set so the model never fires). Prints ratios; the last line is one JSON object
 with ``bounded_5000_over_100`` (target <= 1.5).
 
-    python bench/streaming.py [--frames 100,1000,5000] [--window 2048]
+    python -m bench.streaming [--frames 100,1000,5000] [--window 2048]
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 D, N = 32, 10
 
@@ -35,8 +33,14 @@ def session_latencies(model: Any, tok: Any, kv: str, marks: list[int], window: i
     # threshold 0 and an impossible fire: P(",") < 0 never holds, argmax decides; the random
     # tiny model may fire, so replies are capped at 1 token to keep the cost per frame.
     s = StreamingSession(
-        model, tok, threshold=0.0, max_reply_tokens=1, kv=kv, window_tokens=window, history=64
-    )  # type: ignore[arg-type]
+        model,
+        tok,
+        threshold=0.0,
+        max_reply_tokens=1,
+        kv=kv,  # type: ignore[arg-type]  # "full" or "bounded"
+        window_tokens=window,
+        history=64,
+    )
     g = torch.Generator().manual_seed(0)
     out: dict[int, float] = {}
     for k in range(1, max(marks) + 1):
@@ -70,7 +74,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from models.live import LiveConfig, build_live
-    from tests.models.tiny_llm import save_tiny_llm
+    from models.tiny import save_tiny_llm
 
     llm = Path(args.work) / "tiny-llm"
     if not (llm / "config.json").exists():

@@ -73,8 +73,10 @@ class ShardResult:
 
 
 @functools.lru_cache(maxsize=2)
-def _encoder(cfg: EncoderConfig) -> Encoder:
-    # One load per worker process, however many shards it runs.
+def cached_encoder(cfg: EncoderConfig) -> Encoder:
+    """The encoder ``cfg`` describes, loaded once per process however many shards it runs (the
+    two most recent configs are kept); ``run_shard`` uses it, and so can a caller that wants the
+    very object the shards encode with (bench/extract.py times it)."""
     return build_encoder(cfg)
 
 
@@ -151,7 +153,7 @@ def run_shard(
         import torch
 
         torch.set_num_threads(spec.encode_threads)
-    enc: FrameEncoder = encoder or _encoder(spec.encoder)
+    enc: FrameEncoder = encoder or cached_encoder(spec.encoder)
     layout = StoreLayout(
         tokens_per_frame=enc.tokens_per_frame,
         dim=enc.dim,

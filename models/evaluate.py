@@ -1,43 +1,8 @@
 """Teacher-forced streaming evaluation of one LIVE sample: LM-PPL, TimeDiff, Fluency.
 
-This is VideoLLM-online's ``LiveMixin.stream_evaluate`` (``models/modeling_live.py``), the code
-behind the paper's numbers, restated on :class:`models.prompt.EncodedSample`:
-
-- **Turns.** One forward over the whole sample (batch 1). Turn ``r`` is the half-open token span
-  ``[start_r, stop_r)`` where ``stop_r`` is one past the ``r``-th eos in ``input_ids`` and
-  ``start_r = stop_{r-1}`` (0 for the first turn). A turn therefore holds everything after the
-  previous reply's eos up to and including its own eos: typically ``\\n[frames]`` (and perhaps
-  ``\\nUser: ...``) then ``\\nAssistant: ...{eos}``. Tokens after the last eos belong to no turn
-  and are not scored, and turns without any label are skipped (both as in the reference). In a
-  turn, the *stream positions* are ``EncodedSample.stream_positions`` inside the span (the last
-  ``<v>`` of every learned frame) and the *LM positions* ``EncodedSample.lm_positions`` inside it
-  (the learned ``Assistant: ...{eos}`` tokens, and ``\\n`` after ``]`` with tokenizers that keep
-  them apart).
-- **LM-PPL** of a turn = ``exp(mean CE)`` over its LM positions; per sample the mean over turns
-  that have LM positions. CE is computed in float32.
-- **frame_diff** of a turn with stream positions: a stream position *fires* ("respond now") when
-  its argmax is not ``,``, or, with a threshold ``θ > 0``, when ``P(,) < θ``. If one fires inside
-  the turn, ``frame_diff = n_stream - first_fire - 1`` (0 on time, > 0 early). If none fires: 0 on
-  the last turn; otherwise the gold reply is dropped from the KV cache (a real cache trim back to
-  just after the turn's last stream position), up to ``min(frames of the next turn, frames of
-  this turn - 1)`` following frames are fed (``,`` + the frame's ``<v>`` tokens each, as the
-  template joins them) and the first that fires, ``k``, gives ``frame_diff = -(k + 1)``, or
-  ``-(frames fed)`` if none does (late). Feeding 0 frames gives 0.
-- **TimeDiff** per sample = mean ``|frame_diff|`` / fps (seconds).
-- **Fluency** of a turn with both kinds of positions (``n_v`` stream, ``n_lm`` LM, ``c`` = LM
-  tokens whose argmax equals the label before the first one that does not): ``frame_diff == 0``
-  → ``(n_v + c) / (n_v + n_lm)``; early → ``(n_v - frame_diff) / (n_v + n_lm)``; late →
-  ``(n_v - 1) / (n_v + n_lm)``. Per sample the mean over turns. (A silent last turn has
-  ``frame_diff`` 0 and so scores as on time, as in the reference.)
-
-Also reported: the reference's "LM correctness" (``c / n_lm``, mean over turns) and the LM token
-accuracy (argmax == label over all LM tokens of the sample). The released evaluation never sets
-``θ`` (plain argmax); the demo streams with ``θ = 0.725``.
-
-One deliberate difference: the reference locates the future frames of a late turn with a running
-frame count that is not advanced over turns without labels; here they are the frames that really
-follow the turn (counted from the ``<v>`` tokens), which is the same whenever every turn has a
-label and correct otherwise.
+VideoLLM-online's ``LiveMixin.stream_evaluate``, the code behind the paper's numbers, restated on
+:class:`models.prompt.EncodedSample`. How turns are cut and each metric is defined, and the one
+deliberate difference from the reference: docs/models.md.
 """
 
 from __future__ import annotations
@@ -221,6 +186,28 @@ class TurnMetrics:
     late_frames_fed: int
     fluency: float | None
 
+    @classmethod
+    def from_scores(
+        cls, index: int, start: int, stop: int, num_frames: int, scores: TurnScores
+    ) -> TurnMetrics:
+        """A turn as its teacher-forced ``scores`` alone say (before any late-case
+        continuation and before its fluency is known)."""
+        return cls(
+            index=index,
+            start=start,
+            stop=stop,
+            num_frames=num_frames,
+            n_stream=scores.n_stream,
+            n_lm=scores.n_lm,
+            lm_ppl=scores.lm_ppl,
+            lm_correct_prefix=scores.lm_correct_prefix,
+            lm_correct=scores.lm_correct,
+            first_fire=scores.first_fire,
+            frame_diff=scores.in_turn_frame_diff,
+            late_frames_fed=0,
+            fluency=None,
+        )
+
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
@@ -276,6 +263,55 @@ def _inside(positions: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     return positions[(positions >= start) & (positions < stop)]
 
 
+#: A turn silent through its own frames that the late case continues: the turn, ``keep`` (one
+#: past its last stream position), the index of the first frame after it, the frames to feed.
+_LateTurn = tuple[TurnMetrics, int, int, int]
+
+
+def _score_turns(
+    logits: torch.Tensor,
+    sample: EncodedSample,
+    v_token_id: int,
+    eos_token_id: int,
+    interval_token_id: int,
+    threshold: float,
+) -> tuple[list[TurnMetrics], list[_LateTurn]]:
+    """Score every turn that has learned positions from the teacher-forced logits alone; the
+    turns that stay silent and are not the last come back a second time, as late-case
+    continuations to feed (their ``frame_diff`` is 0 until then)."""
+    ft = sample.frame_tokens
+    is_v = (sample.input_ids == v_token_id).long()
+    # frames_before[i]: whole frames among the first i tokens.
+    frames_before = torch.cat([torch.zeros(1, dtype=torch.long), is_v.cumsum(0)]) // ft
+    spans = split_turns(sample.input_ids, eos_token_id)
+    device = logits.device
+    labels = sample.labels.to(device)
+    turns: list[TurnMetrics] = []
+    late: list[_LateTurn] = []
+    for r, (start, stop) in enumerate(spans):
+        stream = _inside(sample.stream_positions, start, stop)
+        lm = _inside(sample.lm_positions, start, stop)
+        if stream.numel() == 0 and lm.numel() == 0:
+            continue  # nothing learned in this turn: the reference skips it
+        scores = turn_metrics(
+            logits, labels, stream.to(device), lm.to(device), interval_token_id, threshold
+        )
+        num_frames = int(frames_before[stop] - frames_before[start])
+        turn = TurnMetrics.from_scores(r, start, stop, num_frames, scores)
+        if scores.n_stream and turn.frame_diff is None:
+            turn.frame_diff = 0  # the last turn, or no future frame to feed
+            if r < len(spans) - 1:
+                next_start, next_stop = spans[r + 1]
+                next_frames = int(frames_before[next_stop] - frames_before[next_start])
+                # At most this turn's frames - 1: "current as centre", as the reference says.
+                count = min(next_frames, num_frames - 1)
+                if count > 0:
+                    keep = int(stream[-1]) + 1  # drop everything after the last stream <v>
+                    late.append((turn, keep, int(frames_before[stop]), count))
+        turns.append(turn)
+    return turns, late
+
+
 #: ``future_logits(keep, first_frame, count)``: trim the teacher-forced cache to ``keep``
 #: positions, feed frames ``first_frame .. first_frame + count - 1`` after it and return the
 #: logits ``(count, V)`` at the last ``<v>`` of each.
@@ -293,56 +329,16 @@ def score_sample(
     threshold: float = 0.0,
     future_logits: FutureLogits,
 ) -> SampleMetrics:
-    """All metrics of one sample from its teacher-forced ``logits`` ``(L, V)`` (see the module
-    docstring for the rules). Pure apart from ``future_logits``, which is called for every turn
+    """All metrics of one sample from its teacher-forced ``logits`` ``(L, V)`` (docs/models.md
+    gives the rules). Pure apart from ``future_logits``, which is called for every turn
     that stays silent and is not the last, with ``keep`` = one past the turn's last stream
     position, the index of the first frame after the turn and the number of frames to feed; the
     calls come in decreasing ``keep`` so that one cache can be trimmed in place each time."""
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    ft = sample.frame_tokens
-    is_v = (sample.input_ids == v_token_id).long()
-    frames_before = torch.cat([torch.zeros(1, dtype=torch.long), is_v.cumsum(0)]) // ft
-    spans = split_turns(sample.input_ids, eos_token_id)
-    device = logits.device
-    labels = sample.labels.to(device)
-    turns: list[TurnMetrics] = []
-    late: list[tuple[TurnMetrics, int, int, int]] = []  # turn, keep, first frame, count
-    for r, (start, stop) in enumerate(spans):
-        stream = _inside(sample.stream_positions, start, stop)
-        lm = _inside(sample.lm_positions, start, stop)
-        if stream.numel() == 0 and lm.numel() == 0:
-            continue  # nothing learned in this turn: the reference skips it
-        scores = turn_metrics(
-            logits, labels, stream.to(device), lm.to(device), interval_token_id, threshold
-        )
-        num_frames = int(frames_before[stop] - frames_before[start])
-        turn = TurnMetrics(
-            index=r,
-            start=start,
-            stop=stop,
-            num_frames=num_frames,
-            n_stream=scores.n_stream,
-            n_lm=scores.n_lm,
-            lm_ppl=scores.lm_ppl,
-            lm_correct_prefix=scores.lm_correct_prefix,
-            lm_correct=scores.lm_correct,
-            first_fire=scores.first_fire,
-            frame_diff=scores.in_turn_frame_diff,
-            late_frames_fed=0,
-            fluency=None,
-        )
-        if scores.n_stream and turn.frame_diff is None:
-            turn.frame_diff = 0  # the last turn, or no future frame to feed
-            if r < len(spans) - 1:
-                next_start, next_stop = spans[r + 1]
-                next_frames = int(frames_before[next_stop] - frames_before[next_start])
-                # At most this turn's frames - 1: "current as centre", as the reference says.
-                count = min(next_frames, num_frames - 1)
-                if count > 0:
-                    keep = int(stream[-1]) + 1  # drop everything after the last stream <v>
-                    late.append((turn, keep, int(frames_before[stop]), count))
-        turns.append(turn)
+    turns, late = _score_turns(
+        logits, sample, v_token_id, eos_token_id, interval_token_id, threshold
+    )
     # Later turns first: each trim then only removes what a later turn (or the frames fed for
     # it) added, so a single cache serves every late turn without copies.
     for turn, keep, first, count in sorted(late, key=lambda item: -item[1]):
@@ -368,7 +364,7 @@ def evaluate_sample(
     fps: float,
     threshold: float = 0.0,
 ) -> SampleMetrics:
-    """Evaluate one sample as the reference does (see the module docstring): one teacher-forced
+    """Evaluate one sample as the reference does (docs/models.md): one teacher-forced
     forward with a KV cache, :func:`score_sample` on its logits, and for turns that stay silent
     (except the last) the late-case continuation on the trimmed cache
     (:func:`future_frame_logits`). ``frame_features`` are the sample's ``(num_frames,

@@ -1,17 +1,8 @@
 """The LIVE streaming-dialogue model: cached frame features -> connector -> LLM at ``<v>``.
 
-Architecture as in VideoLLM-online (``models/modeling_live.py``, ``live_llama/``): a connector MLP
-``Linear(vision_dim -> H), GELU, Linear(H -> H)`` (fully trained) maps each cached feature token
-to one LLM input embedding, which replaces the embedding of the matching ``<v>`` placeholder (in
-order); the LLM carries LoRA adapters on the attention and MLP projections and on ``lm_head``.
-The loss is one cross-entropy over the labels built by :mod:`models.prompt`, with stream
-positions weighted by ``stream_loss_weight`` and the sum divided by the number of labels.
-
-Two choices follow the reference rather than the usual recipe, because users' checkpoints depend
-on them: the embedding matrix is not resized when ``<v>`` is added (its rows are never looked up:
-they are replaced by connector outputs, and ``lm_head`` keeps the base vocabulary so LoRA adapters
-on it keep their shapes); and LoRA on ``lm_head`` is plain peft LoRA (``"lm_head"`` in
-``lora_targets``), not ``modules_to_save``.
+VideoLLM-online's architecture: a connector MLP maps each cached feature token to the embedding of
+one ``<v>`` placeholder; the LLM carries LoRA adapters (``lm_head`` included). The loss and the
+choices kept from the reference for checkpoint compatibility: docs/models.md.
 """
 
 from __future__ import annotations

@@ -1,39 +1,9 @@
 """Frame-by-frame streaming inference with a LIVE model on one continuous KV cache.
 
-What VideoLLM-online's demo (``demo/inference.py``) does, on cached frame features: the system
-prompt and ``\\n[`` open the stream; every frame appends its ``frame_tokens`` ``<v>`` tokens
-(after ``,`` when the previous frame stayed silent, after ``{eos}\\n[`` when a reply just ended)
-to the same cache; the logits at the frame's last ``<v>`` decide: if the model *fires* (argmax
-not ``,``, or ``P(,) < θ`` with ``θ > 0``; the demo uses ``θ = 0.725``) then ``]\\nAssistant:``
-is appended and the reply decoded greedily on the same cache until eos or ``max_reply_tokens``
-(a reply cut at the limit is closed with eos, so the next frame still follows the template). A
-user query appends ``]\\nUser: {text}`` (``]`` only while a stream is open) and, as in the demo,
-``\\nAssistant:`` and a reply; with ``respond=False`` the query is only queued and fed with the
-next frame. Events are processed in call order (the demo answers a query that arrives with a
-frame before that frame's decision). The token stream equals the training template of
-:mod:`models.prompt`: text pieces are tokenized as the reference tokenizes them (each piece as
-one string, the system prompt together with whatever opens the conversation), so the ids match
-a full-text encoding.
-
-``kv="full"`` keeps everything, like the reference: per-frame cost and memory grow with the
-stream. ``kv="bounded"`` is StreamingVLM-style: the first ``sink_tokens`` positions (attention
-sinks; by default the system prompt) are kept forever, plus a sliding window of at most
-``window_tokens`` recent tokens; the middle is evicted. Positions stay contiguous — the kept
-cache always occupies positions ``0 .. n-1`` and new tokens continue at ``n`` — which needs the
-RoPE of the kept window's keys redone: Llama-family models cache keys *after* RoPE, and a RoPE
-rotation by angle ``p·ω`` composes (``R(p - s) = R(-s) R(p)``), so on eviction the kept window's
-keys (their positions all drop by the number evicted, ``s``) are rotated by ``-s·ω`` per
-frequency ``ω`` (the model's own ``inv_freq``; ``attention_scaling`` is not re-applied because
-it is a common factor already in the keys). Values carry no position and are only sliced.
-Rotations are computed in float32; in a bfloat16 cache each one rounds the keys again, so
-evictions remove at least ``evict_tokens`` (default ``window_tokens // 8``) tokens at a time:
-a key survives about ``window_tokens / evict_tokens`` rotations, and the rotation cost is
-amortised (on random bfloat16 keys: 0.65 % relative error after 8 rotations, 17 % after 400 —
-what evicting one frame at a time over a 4k window would do). Supported RoPE types are those
-whose frequencies do not depend on the sequence length (``default``, ``linear``, ``llama3``,
-``yarn``); dynamic types are refused. Cache length after a frame is at most ``sink + window +
-that frame's tokens`` (+ the reply while one is generated), so per-frame cost and memory stay
-flat on endless streams.
+What VideoLLM-online's demo does, on cached frame features, with the token stream of the training
+template. ``kv="full"`` keeps the whole cache like the reference; ``kv="bounded"`` keeps attention
+sinks and a sliding window, re-rotating the kept keys so positions stay contiguous. The protocol
+and the RoPE arithmetic: docs/models.md.
 """
 
 from __future__ import annotations
@@ -125,8 +95,34 @@ def evict_middle(cache: Any, sink: int, keep_last: int, inv_freq: torch.Tensor) 
     return drop
 
 
+def _check_session(kv: str, max_reply_tokens: int) -> None:
+    """Refuse a ``kv`` mode other than ``"full"``/``"bounded"`` and a reply cap below 1."""
+    if kv not in ("full", "bounded"):
+        raise ValueError(f"kv={kv!r} is not valid. Valid choices: 'full', 'bounded'")
+    if max_reply_tokens < 1:
+        raise ValueError(f"max_reply_tokens must be >= 1, got {max_reply_tokens}")
+
+
+def _bounded_inv_freq(
+    model: LiveModel, sink_tokens: int, window_tokens: int, evict_tokens: int
+) -> torch.Tensor:
+    """Check the sizes of ``kv="bounded"`` and return the float32 RoPE frequencies its
+    evictions rotate the kept keys with (the model must have a shiftable RoPE)."""
+    if sink_tokens < 0 or window_tokens < 1:
+        raise ValueError(
+            f"kv='bounded' needs sink_tokens >= 0 and window_tokens >= 1, got"
+            f" {sink_tokens} and {window_tokens}"
+        )
+    if not 1 <= evict_tokens <= window_tokens:
+        raise ValueError(
+            f"evict_tokens must be in [1, window_tokens={window_tokens}], got {evict_tokens}"
+        )
+    inv_freq: torch.Tensor = find_rotary(model).inv_freq.detach().float()
+    return inv_freq
+
+
 class StreamingSession:
-    """Stream one video's cached frames through a LIVE model (see the module docstring).
+    """Stream one video's cached frames through a LIVE model (docs/models.md).
 
     ``push_frame(features, time)`` feeds one frame ``(frame_tokens, D)`` and returns the reply if
     the model fired, else None; ``add_user(text, time)`` inserts a user turn. ``timeline`` lists
@@ -152,10 +148,7 @@ class StreamingSession:
         evict_tokens: int | None = None,
         history: int | None = None,
     ) -> None:
-        if kv not in ("full", "bounded"):
-            raise ValueError(f"kv={kv!r} is not valid. Valid choices: 'full', 'bounded'")
-        if max_reply_tokens < 1:
-            raise ValueError(f"max_reply_tokens must be >= 1, got {max_reply_tokens}")
+        _check_session(kv, max_reply_tokens)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.threshold = threshold
@@ -167,20 +160,11 @@ class StreamingSession:
         self.sink_tokens = len(self._tokenize(system_text)) if sink_tokens is None else sink_tokens
         self.window_tokens = window_tokens
         self.evict_tokens = max(window_tokens // 8, 1) if evict_tokens is None else evict_tokens
+        self._inv_freq: torch.Tensor | None = None
         if kv == "bounded":
-            if self.sink_tokens < 0 or window_tokens < 1:
-                raise ValueError(
-                    f"kv='bounded' needs sink_tokens >= 0 and window_tokens >= 1, got"
-                    f" {self.sink_tokens} and {window_tokens}"
-                )
-            if not 1 <= self.evict_tokens <= window_tokens:
-                raise ValueError(
-                    f"evict_tokens must be in [1, window_tokens={window_tokens}], got"
-                    f" {self.evict_tokens}"
-                )
-            self._inv_freq: torch.Tensor | None = find_rotary(model).inv_freq.detach().float()
-        else:
-            self._inv_freq = None
+            self._inv_freq = _bounded_inv_freq(
+                model, self.sink_tokens, window_tokens, self.evict_tokens
+            )
         self.cache = DynamicCache()
         self.timeline: list[dict[str, Any]] = []
         self.frames: deque[FrameStep] = deque(maxlen=history)

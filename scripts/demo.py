@@ -1,4 +1,5 @@
-"""`make demo`: sample videos -> extract -> status -> verify, printing where the store is.
+"""`make demo` (``python -m scripts.demo``): sample videos -> extract -> status -> verify,
+printing where the store is.
 
 Uses the real default encoder (google/siglip-large-patch16-384) when its weights can be had:
 from $STREAMFEAT_SIGLIP (a local checkpoint directory) or the hub. Otherwise (offline machines)
@@ -12,6 +13,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from extract.encoders import hub_unreachable
+from extract.samples import lavfi_video
+from extract.tiny import save_tiny_siglip
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo"
@@ -31,18 +36,13 @@ def make_videos(out: Path) -> None:
         if path.exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", src, "-t", str(seconds)]
-        cmd += ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", str(path)]
-        subprocess.run(cmd, check=True)
+        cmd = lavfi_video(path, src, seconds)
         print(f"demo: made {path.relative_to(ROOT)} ({' '.join(cmd)})")
 
 
 def default_available() -> bool:
     """The default weights can be had: the hub answers, or they are in the local hub cache."""
-    sys.path.insert(0, str(ROOT))
     from huggingface_hub import constants, try_to_load_from_cache
-
-    from extract.encoders import hub_unreachable
 
     if isinstance(try_to_load_from_cache(DEFAULT, "config.json"), str):
         return True
@@ -57,8 +57,6 @@ def pick_encoder() -> str:
     if default_available():
         print(f"demo: encoder = {DEFAULT} from the hub (or its local cache)")
         return DEFAULT
-    from tests.encoders import save_tiny_siglip
-
     tiny = DEMO / "random-siglip"
     if not (tiny / "config.json").exists():
         save_tiny_siglip(tiny)

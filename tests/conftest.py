@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.encoders import save_tiny_clip, save_tiny_siglip
+from extract.tiny import save_tiny_clip, save_tiny_siglip
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama + byte-level BPE tokenizer (GPT-2 pre-tokenizer: ``]`` and ``\\n``
     are separate tokens) saved like a hub checkpoint."""
-    from tests.models.tiny_llm import save_tiny_llm
+    from models.tiny import save_tiny_llm
 
     return save_tiny_llm(tmp_path_factory.mktemp("llm") / "tiny-llama")
 

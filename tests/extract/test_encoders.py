@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from extract.encoders import ClipConfig, EncoderLoadError, SiglipConfig, build_encoder, pool_tokens
-from tests.encoders import TINY_CLIP
+from extract.tiny import TINY_CLIP
 
 
 def reference_tokens(cls_token: torch.Tensor, patches: torch.Tensor, k: int) -> torch.Tensor:

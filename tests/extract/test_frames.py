@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from extract.frames import FrameReader, resize_pad, sample_times
-from tests.media import GeneratedVideo, make_vfr_video, make_video, read_index, unprivileged
+from extract.samples import GeneratedVideo, make_vfr_video, make_video, read_index, unprivileged
 
 
 def test_sample_times_rule() -> None:

@@ -13,7 +13,7 @@ import torch
 
 from extract.encoders import SiglipConfig, build_encoder
 from extract.pipeline import Batching, DecodeOptions, ExtractPipeline, VideoTask
-from tests.media import make_video
+from extract.samples import make_video
 
 SIZE = 4
 

@@ -13,9 +13,9 @@ import pytest
 
 from cache import load_index, open_store
 from extract.frames import sample_times
-from tests.encoders import TINY_CLIP
+from extract.samples import make_bad_inputs, make_video
+from extract.tiny import TINY_CLIP
 from tests.jobs.cli import ROOT, run_cli
-from tests.media import make_bad_inputs, make_video
 
 
 def good_videos(d: Path) -> dict[str, object]:

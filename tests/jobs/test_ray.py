@@ -23,13 +23,13 @@ ray = pytest.importorskip("ray")
 from cache import load_index, open_store  # noqa: E402
 from extract.encoders import SiglipConfig  # noqa: E402
 from extract.pipeline import DecodeOptions, OpenedVideo, VideoTask  # noqa: E402
+from extract.samples import make_video, read_indices  # noqa: E402
 from jobs.extract import ExtractJob, ExtractSpec, ShardResult, run_shard  # noqa: E402
 from jobs.extract_ray import RayExtraction, RaySource, decode_range  # noqa: E402
 from jobs.inputs import VideoInput  # noqa: E402
 from jobs.ray_launcher import RayLauncher  # noqa: E402
 from jobs.verify import verify_store  # noqa: E402
 from tests.jobs.cli import ROOT, run_cli  # noqa: E402
-from tests.media import make_video, read_indices  # noqa: E402
 
 
 def test_cli_ray_matches_local_bit_for_bit(tmp_path: Path, tiny_siglip: Path) -> None:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from cache import load_index, open_store, read_journal, read_launches
+from extract.samples import make_video
 from tests.jobs.cli import run_cli
-from tests.media import make_video
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
 

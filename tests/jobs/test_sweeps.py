@@ -3,8 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cache import open_store
+from extract.samples import make_video
 from tests.jobs.cli import run_cli
-from tests.media import make_video
 
 
 def test_hydra_sweep_with_the_local_launcher(tmp_path: Path, tiny_siglip: Path) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.models.tiny_llm import save_tiny_llm
+from models.tiny import save_tiny_llm
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """A tiny random Llama and a byte-level BPE tokenizer trained offline on a built-in corpus, saved
-with ``save_pretrained`` so tests load them through ``build_live(LiveConfig(llm=dir))`` — the same
-path users take with a hub id (no hub access here)."""
+with ``save_pretrained`` so the benchmarks and the tests load them through
+``build_live(LiveConfig(llm=dir))``, the same path users take with a hub id (no hub access)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import torch
 
-# The words the tests and the synthetic task use, in the layout of models/prompt.py, so that BPE
+# The words the tests and the benchmarks use, in the layout of models/prompt.py, so that BPE
 # learns them as whole tokens ("User", "Assistant", " ok", ...). Text after ``]`` is written both
 # as "]\n" and "] " so the Llama-3-style pre-tokenizer sees "]\n" as a unit and can merge it.
 CORPUS = [
@@ -21,6 +21,7 @@ CORPUS = [
     "Cutting the onion. You pick up the knife. Done. Stop. Look. Now. Yes, no, maybe.",
 ]
 
+#: Llama-3's pre-tokenizer split regex (keeps "]\\n" together).
 LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"

@@ -1,4 +1,5 @@
-"""tests/media.py makes what it says, and torchcodec treats its bad inputs as documented there."""
+"""extract/samples.py makes what it says, and torchcodec treats its bad inputs as documented in
+docs/samples.md."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 import torch
 from torchcodec.decoders import VideoDecoder
 
-from tests.media import (
+from extract.samples import (
     GeneratedVideo,
     make_bad_inputs,
     make_vfr_video,

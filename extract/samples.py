@@ -1,78 +1,9 @@
-"""Real video files, made with ffmpeg, whose frames show their own index (tests, benchmarks).
+"""Sample videos made with the ffmpeg CLI, for the demo, the benchmarks and the tests.
 
-API
----
-``make_video(path, seconds=, fps=, width=, height=, codec=, rotation=, pix_fmt=, faststart=,
-gop=, extra_args=)`` -> ``GeneratedVideo`` (CFR; frame k has pts k/fps from 0),
-``make_vfr_video(path, pts_seconds=, ...)`` (VFR H.264 mp4), ``read_index(frame)`` /
-``read_indices(frames)`` (index drawn in a decoded RGB frame), ``make_bad_inputs(dir)`` and
-``unprivileged()`` (drop root to test the "unreadable" input). Every ``GeneratedVideo`` keeps
-the exact argv that made it in ``command`` (torchcodec's test-asset convention).
-
-Frame code
-----------
-The top half of each *displayed* frame is a 2x12 grid of cells (row-major), each fully black
-or white: cell 0 = 1, cell 1 = 0 (start markers), cells 2..21 = the 20-bit index (MSB first),
-cell 22 = parity of the index bits, cell 23 = 0. The bottom half is a smooth moving sine
-pattern, so encoders see changing content. The code is gray (neutral chroma, so 4:2:0 does no
-harm) and ``read_index`` averages the central half of each cell, so it survives heavy
-compression and odd sizes down to ``MIN_WIDTH`` x ``MIN_HEIGHT``. A frame in the wrong
-orientation, mirrored, or not ours fails the markers/parity/cleanliness checks with
-``ValueError`` instead of returning a wrong index.
-
-Rotation: ``rotation=R`` writes a display matrix (the mp4 ``rotate`` tag) and stores the
-frames pre-rotated, so a decoder that honours the matrix (torchcodec, ffmpeg's autorotate)
-returns upright frames of ``width`` x ``height`` in which ``read_index`` works; one that ignores
-it gets stored frames whose code does not decode. torchcodec reports ``metadata.rotation`` as
-R normalised to (-180, 180] degrees counter-clockwise (90 -> 90.0, 180 -> -180.0,
-270 -> -90.0) and ``metadata.width/height`` as the display size. ffmpeg 5.1 has no
-``-display_rotation`` and only honours ``-metadata:s:v:0 rotate=R`` when stream-copying, so
-rotated videos are encoded to NUT on a pipe and remuxed with ``-c copy``; their ``command`` is
-``["bash", "-o", "pipefail", "-c", "<ffmpeg ...> | <ffmpeg ...>"]``.
-
-Odd sizes: H.264/HEVC cannot code odd widths/heights in 4:2:0 (cropping is in whole chroma
-samples), so ``make_video`` raises ``ValueError`` there; use ``pix_fmt="yuv444p"`` (VP9 and
-MPEG-4 part 2 take odd 4:2:0 sizes).
-
-Bad inputs and what torchcodec 0.17 does with them
---------------------------------------------------
-Observed with ``VideoDecoder(path, seek_mode="exact")`` (FFmpeg 5.1) and checked by
-tests/test_media.py. torchcodec raises no OSError subclasses: everything is ``RuntimeError``
-except a missing video stream (``ValueError``); messages start with a C++ location such as
-``SingleStreamDecoder, .../SingleStreamDecoder.cpp:41, `` and the path appears in them.
-
-* ``zero_bytes`` (0-byte .mp4), ``text_as_mp4`` (text named .mp4) and ``truncated`` (a
-  non-faststart mp4 cut to 40%, so the trailing moov atom is gone): raise at open,
-  ``RuntimeError: ... Could not open input file: <path> Invalid data found when processing
-  input``.
-* ``missing``: raises at open, ``RuntimeError: ... Could not open input file: <path> No such file
-  or directory`` (not FileNotFoundError).
-* ``audio_only`` (AAC from ``sine`` in an .mp4): raises at open, ``ValueError: The best video
-  stream is unknown and there is no specified stream. This should never happen. Please report
-  an issue ...``.
-* ``unreadable`` (a valid video, chmod 000): as root it opens and decodes normally
-  (CAP_DAC_OVERRIDE ignores the mode bits), so run the open inside ``unprivileged()``, which
-  drops the effective uid to nobody; then it raises at open, ``RuntimeError: ... Could not open
-  input file: <path> Permission denied``. The file's directories must be searchable by nobody
-  (pytest's tmp dirs are 0700; the error is then the same, but for the directory).
-* ``fails_midway`` (a faststart 2 s, 30 fps mp4, gop 10, cut in the middle of the packet at
-  ~60% of the bytes): the header (moov) is intact, so it OPENS fine and the header still says
-  ``num_frames_from_header == 60``, ``duration_seconds_from_header == 2.0``. The exact-mode scan
-  only finds the packets present: ``num_frames_from_content`` ~25 and
-  ``end_stream_seconds_from_content`` ~0.87 s (``len(decoder)`` and ``end_stream_seconds``
-  follow the content). Then, reliably:
-  - ``get_frames_played_at(seconds=[t])`` for t past the content end (e.g. 1.5 s, inside the
-    header duration) raises ``RuntimeError: ... frame pts is 1.500000; must be less than
-    0.866667.`` (a bounds check, before any decoding);
-  - frames before the cut decode correctly (0 s and 0.5 s give indices 0 and 15);
-  - decoding near the cut (the cut packet and frames referencing it) raises
-    ``RuntimeError: ... Could not push packet to decoder: Invalid data found when processing
-    input``, so decoding every frame (``decoder[:]``) raises;
-  - with ``seek_mode="approximate"`` ``len(decoder)`` is the header's 60, near the cut the same
-    "Could not push packet" error, and past it ``RuntimeError: Requested next frame while there
-    are no more frames left to decode.``
-  So a robust caller compares ``num_frames_from_header`` with ``num_frames_from_content`` (or
-  the header duration with ``end_stream_seconds_from_content``) right after opening.
+``lavfi_video`` encodes one of ffmpeg's test sources; ``make_video`` / ``make_vfr_video`` write
+videos whose frames show their own index (``read_index`` reads it back); ``make_bad_inputs``
+writes the broken files the extract job must survive. Frame code, rotation, odd sizes and what
+torchcodec does with each bad input: docs/samples.md.
 """
 
 from __future__ import annotations
@@ -100,7 +31,7 @@ FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 
 Codec = Literal["h264", "hevc", "vp9", "mpeg4"]
 
-# Frame code layout (see module docstring): the top half of the frame is a grid of
+# Frame code layout (docs/samples.md): the top half of the frame is a grid of
 # _ROWS x _COLS cells, each fully black or white.
 _ROWS = 2
 _COLS = 12
@@ -204,6 +135,11 @@ def _parse_fps(fps: float | str) -> Fraction:
     return rate
 
 
+def _ffmpeg(*args: str) -> list[str]:
+    """The argv of a quiet ffmpeg call that never reads stdin and overwrites its output."""
+    return [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args]
+
+
 def _run(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -219,6 +155,24 @@ def _check_size(width: int, height: int, codec: str, pix_fmt: str) -> None:
         raise ValueError(
             f"{codec} cannot encode odd size {width}x{height} in {pix_fmt}; use pix_fmt='yuv444p'"
         )
+
+
+def lavfi_video(
+    path: str | os.PathLike[str],
+    source: str,
+    seconds: float,
+    *,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """Encode ``seconds`` of the ffmpeg test source ``source`` (a lavfi graph such as
+    ``"testsrc2=size=640x360:rate=30"``) to H.264 (x264 veryfast, yuv420p) at ``path``; returns
+    the argv it ran. ``extra_args`` are output options placed after the encoder options (e.g.
+    ``["-g", "250"]``). The demo and the benchmarks make their inputs with it."""
+    cmd = ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", source, "-t", str(seconds)]
+    cmd += ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", *extra_args]
+    cmd.append(str(path))
+    _run(cmd)
+    return cmd
 
 
 def make_video(
@@ -240,22 +194,14 @@ def make_video(
     ``num_frames = max(1, round(seconds * fps))``; frame k has pts ``k / fps`` exactly
     (``fps`` may be a rational string such as ``"30000/1001"``). ``width``/``height`` are the
     display size; ``rotation`` (a multiple of 90, mp4 only) writes a display matrix and stores
-    pre-rotated frames so that what a rotation-aware decoder returns is upright (module
-    docstring). ``gop=None`` keeps the encoder's default keyframe interval. ``faststart`` only
-    applies to mp4. ``extra_args`` are output options placed after the encoder options (so they
-    can override them, e.g. ``["-crf", "40"]``) and before the output path.
+    pre-rotated frames so that what a rotation-aware decoder returns is upright
+    (docs/samples.md). ``gop=None`` keeps the encoder's default keyframe interval.
+    ``faststart`` only applies to mp4. ``extra_args`` are output options placed after the
+    encoder options (so they can override them, e.g. ``["-crf", "40"]``) and before the output
+    path.
     """
     path = Path(path)
-    if codec not in _ENCODER_ARGS:
-        raise ValueError(f"unknown codec {codec!r}")
-    suffix = path.suffix.lower()
-    if suffix not in _CONTAINERS[codec]:
-        raise ValueError(f"{codec} needs a path ending in one of {_CONTAINERS[codec]}: {path}")
-    rotation %= 360
-    if rotation not in _PRE_ROTATE:
-        raise ValueError(f"rotation must be a multiple of 90, got {rotation}")
-    if rotation and suffix != ".mp4":
-        raise ValueError("rotation metadata is only supported for .mp4 output")
+    rotation = _check_container(path, codec, rotation)
     rate = _parse_fps(fps)
     num_frames = max(1, round(seconds * rate))
     if num_frames > MAX_FRAMES:
@@ -266,58 +212,46 @@ def make_video(
     _check_size(coded_w, coded_h, codec, pix_fmt)
 
     post = ",".join(f for f in (_PRE_ROTATE[rotation], f"format={pix_fmt}") if f)
-    cmd = [
-        FFMPEG,
-        "-hide_banner",
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-y",
-        "-filter_complex",
-        f"{_source_graph(width, height, rate)},{post}[v]",
-        "-map",
-        "[v]",
-        "-frames:v",
-        str(num_frames),
-        *_ENCODER_ARGS[codec],
-        "-pix_fmt",
-        pix_fmt,
-        "-an",
-    ]
+    cmd = _ffmpeg("-filter_complex", f"{_source_graph(width, height, rate)},{post}[v]",
+                  "-map", "[v]", "-frames:v", str(num_frames), *_ENCODER_ARGS[codec],
+                  "-pix_fmt", pix_fmt, "-an")  # fmt: skip
     if gop is not None:
         cmd += ["-g", str(gop)]
     cmd += list(extra_args)
-    mux = ["-movflags", "+faststart"] if suffix == ".mp4" and faststart else []
+    mux = ["-movflags", "+faststart"] if path.suffix.lower() == ".mp4" and faststart else []
     if codec == "hevc":
         mux += ["-tag:v", "hvc1"]  # the tag Apple players need; a muxer option, not for NUT
-    if rotation:
-        # ffmpeg 5.1 has no -display_rotation, and its CLI turns a `rotate` tag into a display
-        # matrix only when stream-copying. So encode to NUT on a pipe and remux with -c copy.
-        remux = [
-            FFMPEG,
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "nut",
-            "-i",
-            "pipe:0",
-            "-c",
-            "copy",
-            "-metadata:s:v:0",
-            f"rotate={rotation}",
-            *mux,
-            str(path),
-        ]
-        script = f"{shlex.join([*cmd, '-f', 'nut', 'pipe:1'])} | {shlex.join(remux)}"
-        cmd = ["bash", "-o", "pipefail", "-c", script]
-    else:
-        cmd += [*mux, str(path)]
+    cmd = _rotated(cmd, rotation, mux, path) if rotation else [*cmd, *mux, str(path)]
     _run(cmd)
     pts = tuple(float(k / rate) for k in range(num_frames))
     return GeneratedVideo(path, cmd, float(rate), num_frames, width, height, pts)
+
+
+def _check_container(path: Path, codec: str, rotation: int) -> int:
+    """Refuse an unknown codec, a container it cannot go in, or a rotation that is not a
+    multiple of 90 (or not in an mp4); returns the rotation in [0, 360)."""
+    if codec not in _ENCODER_ARGS:
+        raise ValueError(f"unknown codec {codec!r}")
+    suffix = path.suffix.lower()
+    if suffix not in _CONTAINERS[codec]:
+        raise ValueError(f"{codec} needs a path ending in one of {_CONTAINERS[codec]}: {path}")
+    rotation %= 360
+    if rotation not in _PRE_ROTATE:
+        raise ValueError(f"rotation must be a multiple of 90, got {rotation}")
+    if rotation and suffix != ".mp4":
+        raise ValueError("rotation metadata is only supported for .mp4 output")
+    return rotation
+
+
+def _rotated(cmd: list[str], rotation: int, mux: list[str], path: Path) -> list[str]:
+    """``cmd`` (an ffmpeg encode without its output) written to ``path`` with a display matrix.
+
+    ffmpeg 5.1 has no -display_rotation, and its CLI turns a `rotate` tag into a display matrix
+    only when stream-copying. So encode to NUT on a pipe and remux with -c copy."""
+    remux = _ffmpeg("-f", "nut", "-i", "pipe:0", "-c", "copy",
+                    "-metadata:s:v:0", f"rotate={rotation}", *mux, str(path))  # fmt: skip
+    script = f"{shlex.join([*cmd, '-f', 'nut', 'pipe:1'])} | {shlex.join(remux)}"
+    return ["bash", "-o", "pipefail", "-c", script]
 
 
 def make_vfr_video(
@@ -355,35 +289,10 @@ def make_vfr_video(
     lookup = _esc("+".join(f"eq(N,{k})*{t}" for k, t in enumerate(ticks)))
     graph = f"{_source_graph(width, height, src_rate)},settb=1/90000,setpts='{lookup}'"
     graph += ",format=yuv420p"
-    cmd = [
-        FFMPEG,
-        "-hide_banner",
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-y",
-        "-filter_complex",
-        f"{graph}[v]",
-        "-map",
-        "[v]",
-        "-frames:v",
-        str(len(ticks)),
-        "-fps_mode",
-        "passthrough",
-        "-enc_time_base",
-        "1:90000",
-        "-video_track_timescale",
-        "90000",
-        *_ENCODER_ARGS["h264"],
-        "-bf",
-        "0",
-        "-pix_fmt",
-        "yuv420p",
-        "-an",
-        "-movflags",
-        "+faststart",
-        str(path),
-    ]
+    cmd = _ffmpeg("-filter_complex", f"{graph}[v]", "-map", "[v]", "-frames:v", str(len(ticks)),
+                  "-fps_mode", "passthrough", "-enc_time_base", "1:90000",
+                  "-video_track_timescale", "90000", *_ENCODER_ARGS["h264"], "-bf", "0",
+                  "-pix_fmt", "yuv420p", "-an", "-movflags", "+faststart", str(path))  # fmt: skip
     _run(cmd)
     pts = tuple(t / 90_000 for t in ticks)
     return GeneratedVideo(path, cmd, None, len(ticks), width, height, pts)
@@ -437,7 +346,8 @@ def read_indices(frames: torch.Tensor | np.ndarray) -> list[int]:
 
 
 def make_bad_inputs(directory: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write the bad inputs described in the module docstring into ``directory``."""
+    """Write the bad inputs described in docs/samples.md into ``directory``; returns them by
+    name (``missing`` names a path that does not exist)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
@@ -458,24 +368,8 @@ def make_bad_inputs(directory: str | os.PathLike[str]) -> dict[str, Path]:
     out["text_as_mp4"].write_text("this is not a video, just text pretending to be one\n" * 20)
 
     out["audio_only"] = d / "audio_only.mp4"
-    _run(
-        [
-            FFMPEG,
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000:duration=1",
-            "-c:a",
-            "aac",
-            "-vn",
-            str(out["audio_only"]),
-        ]
-    )
+    _run(_ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=1",
+                 "-c:a", "aac", "-vn", str(out["audio_only"])))  # fmt: skip
 
     out["missing"] = d / "missing.mp4"
     out["missing"].unlink(missing_ok=True)

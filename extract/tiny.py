@@ -1,5 +1,6 @@
-"""Tiny randomly initialised encoders, saved to disk the way real checkpoints are, so tests load
-them through the same ``encoder.pretrained`` path users use (no hub access here)."""
+"""Tiny randomly initialised encoders, saved to disk the way real checkpoints are, so the demo,
+the benchmarks and the tests load them through the same ``encoder.pretrained`` path users use
+(no hub access needed). Their features are meaningless; everything around them is real."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from pathlib import Path
 
 import torch
 
+#: The open_clip model name ``save_tiny_clip`` registers (``encoder.model``).
 TINY_CLIP = "streamfeat-tiny-vit"
 
 
 def save_tiny_siglip(out: Path, *, image_size: int = 384, patch_size: int = 16) -> Path:
-    """A 2-layer, 64-wide SigLIP vision tower (24x24 patch grid at 384 px) + its processor."""
+    """Save a 2-layer, 64-wide SigLIP vision tower (24x24 patch grid at 384 px) and its image
+    processor to ``out`` (seeded: the same weights every time); returns ``out``."""
     from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
     torch.manual_seed(0)
@@ -34,7 +37,9 @@ def save_tiny_siglip(out: Path, *, image_size: int = 384, patch_size: int = 16) 
 
 
 def save_tiny_clip(out: Path) -> tuple[Path, Path]:
-    """A 2-layer ViT-16 at 224 px as an open_clip model config JSON + a state-dict checkpoint."""
+    """Save a 2-layer ViT-16 at 224 px as an open_clip model config JSON and a state-dict
+    checkpoint under ``out``, and register the config as ``TINY_CLIP`` in this process;
+    returns ``(config path, checkpoint path)``."""
     import open_clip
 
     out.mkdir(parents=True, exist_ok=True)
