@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import replace
@@ -12,10 +13,11 @@ import pytest
 import torch
 
 from cache import ShardWriter, StoreLayout, init_store, open_store
+from data import DataConfig, StreamDataset, StreamTurn, read_samples
 from jobs.launchers import LocalLauncher
-from jobs.train import DataConfig, StreamDataset, TrainSpec, read_samples, train_rank
+from jobs.train import TrainSpec, train_rank
 from models.live import LiveConfig, build_live, load_trainable
-from models.prompt import StreamTurn
+from models.prompt import encode_conversation
 from tests.jobs.cli import run_cli
 
 D, N, FRAMES = 16, 10, 24  # store: 10 tokens x 16 dims, 24 frames (12 s at 2 FPS) per video
@@ -79,11 +81,12 @@ def test_samples_read_their_window_from_the_store(
 ) -> None:
     store, ann = setup
     _, tok = build_live(LiveConfig(llm=str(tiny_llm), vision_dim=D, frame_tokens=N, lora_r=2))
-    samples = read_samples(DataConfig(format="chat", annotations=str(ann)))
+    samples = read_samples(DataConfig(format="chat", annotations=str(ann)), fps=2.0)
+    encode = functools.partial(
+        encode_conversation, tok, frame_tokens=N, v_token="<v>", stream_loss_weight=1.0
+    )
     with caplog.at_level(logging.WARNING):
-        ds = StreamDataset(
-            str(store), samples, tok, fps=2.0, frame_tokens=N, v_token="<v>", stream_loss_weight=1.0
-        )
+        ds = StreamDataset(str(store), samples, encode)
     assert "1 of 5 annotated videos are not done" in caplog.text and "not_in_store" in caplog.text
     assert [s.video_id for s in ds.samples] == ["a", "b", "c", "d"]
     item = ds[1]
@@ -106,12 +109,11 @@ def test_samples_read_their_window_from_the_store(
 
 
 def test_conversation_frames_cover_the_window(setup: tuple[Path, Path]) -> None:
-    from jobs.train import to_conversation
-    from models.annotations import frames_for_window
+    from data import frames_for_window, to_conversation
 
     store, ann = setup
     pts = open_store(store).pts_seconds("a")
-    sample = read_samples(DataConfig(format="chat", annotations=str(ann)))[0]
+    sample = read_samples(DataConfig(format="chat", annotations=str(ann)), fps=2.0)[0]
     lo, hi = frames_for_window(pts, sample.start_seconds, sample.stop_seconds, fps=2.0)
     conv = to_conversation(sample, pts, lo, hi)
     assert sum(t.num_frames for t in conv.turns if isinstance(t, StreamTurn)) == hi - lo
