@@ -10,7 +10,6 @@ from data.coin import read_coin
 from data.dataset import (
     DataConfig,
     StreamDataset,
-    check_on_grid,
     read_samples,
     store_fps,
     to_conversation,
@@ -41,7 +40,6 @@ __all__ = [
     "TimedTurn",
     "Turn",
     "UserTurn",
-    "check_on_grid",
     "clean_narration",
     "conversation_from_messages",
     "ego4d_split_uids",

@@ -153,12 +153,12 @@ def ego4d_split_uids(paths: Collection[str | Path]) -> set[str]:
     return uids
 
 
-Streams = Iterator[tuple[str, str, list[tuple[float, str]]]]
+_Streams = Iterator[tuple[str, str, list[tuple[float, str]]]]
 
 
-def _ego4d_streams(data: Any, path: Path, tally: Tally) -> Streams:
+def _ego4d_streams(data: Any, path: Path, tally: Tally) -> _Streams:
     """``(video_uid, stream name, [(time, raw text)])`` for each annotation pass of each video,
-    from any of the three layouts described in :func:`read_ego4d_narrations`."""
+    from any of the three layouts (docs/data.md, "Ego4D narration files")."""
     top = as_object(data, path, "top level")
     if isinstance(top.get("videos"), dict):  # all_narrations_redacted.json as Ego4D ships it
         yield from _redacted_streams(top["videos"], path, tally)
@@ -181,7 +181,7 @@ def _ego4d_streams(data: Any, path: Path, tally: Tally) -> Streams:
             tally.add("videos without a narration pass")
 
 
-def _redacted_streams(videos: dict[str, Any], path: Path, tally: Tally) -> Streams:
+def _redacted_streams(videos: dict[str, Any], path: Path, tally: Tally) -> _Streams:
     """The ``_annotation_uid`` groups of each video of ``all_narrations_redacted.json``."""
     for uid, video in videos.items():
         where = at("videos", uid)
@@ -226,13 +226,8 @@ def read_ego4d_narrations(
 ) -> list[StreamSample]:
     """Ego4D narration streams, one per annotation pass, as VideoLLM-online builds them.
 
-    Layouts read (detected per file): Ego4D's ``narration.json`` layout ``{video_uid:
-    {"narration_pass_1": {"narrations": [{"timestamp_sec", "narration_text", ...}], ...},
-    "narration_pass_2": ...}}`` (either pass may be missing); the ``all_narrations_redacted.json``
-    layout ``{"videos": {video_uid: {"narrations": [{"time", "text", "_annotation_uid"}]}}}``,
-    whose passes are its ``_annotation_uid`` groups; and VideoLLM-online's own
-    ``(refined_)narration_stream_*.json`` ``{video_uid: {annotation_uid: [{"time", "text"}]}}``.
-    Summaries are ignored.
+    Reads (detected per file) Ego4D's ``narration.json`` and ``all_narrations_redacted.json``
+    and VideoLLM-online's ``(refined_)narration_stream_*.json``: layouts in docs/data.md.
 
     Per pass, as the reference: narrations sorted by time; each text cleaned by
     :func:`clean_narration` (``unsure="strip"`` removes the ``#unsure`` tag and keeps the rest,
@@ -253,15 +248,10 @@ def read_ego4d_narrations(
     check_rate(fps, window_frames)
     check_choice("unsure", unsure, ("strip", "drop"))
     path = Path(path)
-    keep = None if split_uids is None else set(split_uids)
-    drop = set() if exclude_uids is None else set(exclude_uids)
     tally = Tally(log)
     samples: list[StreamSample] = []
-    filtered: set[str] = set()
-    for uid, stream, items in _ego4d_streams(load_json(path), path, tally):
-        if (keep is not None and uid not in keep) or uid in drop:
-            filtered.add(uid)
-            continue
+    streams = _ego4d_streams(load_json(path), path, tally)
+    for uid, stream, items in _kept(streams, split_uids, exclude_uids, tally):
         turns = _narration_turns(items, fps, refined=refined, unsure=unsure, tally=tally)
         if not turns:
             tally.add("passes without usable narrations")
@@ -279,9 +269,27 @@ def read_ego4d_narrations(
             tally=tally,
             what="narration",
         )
-    tally.add("videos filtered out by split_uids/exclude_uids", len(filtered))
     tally.report(path, "Ego4D narration", samples)
     return samples
+
+
+def _kept(
+    streams: _Streams,
+    split_uids: Collection[str] | None,
+    exclude_uids: Collection[str] | None,
+    tally: Tally,
+) -> _Streams:
+    """The ``streams`` of videos in ``split_uids`` (None: all) and not in ``exclude_uids``; the
+    videos left out are counted once the streams are exhausted."""
+    keep = None if split_uids is None else set(split_uids)
+    drop = set() if exclude_uids is None else set(exclude_uids)
+    filtered: set[str] = set()
+    for uid, stream, items in streams:
+        if (keep is not None and uid not in keep) or uid in drop:
+            filtered.add(uid)
+            continue
+        yield uid, stream, items
+    tally.add("videos filtered out by split_uids/exclude_uids", len(filtered))
 
 
 def _narration_turns(
