@@ -5,7 +5,7 @@ videos, then measures, side by side in one run:
 - read amplification = bytes the process actually read (``/proc/self/io`` rchar) / bytes of the
   requested window, for random 1,200- and 100-frame windows, against loading a whole per-video
   ``.pt`` file as VideoLLM-online does (target <= 1.2);
-- training-sample throughput (frames/s) through ``jobs.train.StreamDataset`` and a DataLoader
+- training-sample throughput (frames/s) through ``data.StreamDataset`` and a DataLoader
   with 0, 2 and 4 workers (tokenization included, no model).
 The last line is one JSON object.
 
@@ -15,6 +15,7 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import time
@@ -86,8 +87,8 @@ def amplification(store: Path, pts_dir: Path, window: int, trials: int) -> dict[
 def throughput(store: Path, videos: int, workers: int, tokenizer: Any) -> float:
     import torch
 
-    from jobs.train import StreamDataset
-    from models.annotations import StreamSample, TimedTurn
+    from data import StreamDataset, StreamSample, TimedTurn
+    from models.prompt import encode_conversation
 
     samples = []
     for v in range(videos):
@@ -99,9 +100,10 @@ def throughput(store: Path, videos: int, workers: int, tokenizer: Any) -> float:
             samples.append(
                 StreamSample(f"s{v}-{w}", f"video{v:02d}", start, start + 600.0, turns, "Watch.")
             )
-    ds = StreamDataset(
-        str(store), samples, tokenizer, fps=2.0, frame_tokens=N, v_token="<v>", stream_loss_weight=1
+    encode = functools.partial(
+        encode_conversation, tokenizer, frame_tokens=N, v_token="<v>", stream_loss_weight=1
     )
+    ds = StreamDataset(str(store), samples, encode)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, shuffle=False)
     t0, frames = time.perf_counter(), 0
     for item in loader:

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cache import read_journal
+from cache import open_store, read_journal
+from data import DataConfig, StreamDataset, read_samples, store_fps
 from jobs.launchers import Launcher
 from jobs.report import read_results
-from jobs.train import DataConfig, StreamDataset, read_samples
 
 METRICS = ("lm_ppl", "time_diff", "fluency", "lm_correctness", "lm_accuracy")
 
@@ -42,19 +42,19 @@ class EvalSpec:
 
 def _load(spec: EvalSpec) -> tuple[Any, Any, StreamDataset]:
     from models.live import load_trainable
+    from models.prompt import encode_conversation
 
     model, tokenizer = load_trainable(spec.adapter, llm=spec.llm)
-    samples = read_samples(spec.data)[: spec.max_samples]
-    ds = StreamDataset(
-        spec.store,
-        samples,
+    store = open_store(spec.store)
+    samples = read_samples(spec.data, fps=store_fps(store))[: spec.max_samples]
+    encode = functools.partial(
+        encode_conversation,
         tokenizer,
-        fps=spec.data.fps,
         frame_tokens=model.cfg.frame_tokens,
         v_token=model.cfg.v_token,
         stream_loss_weight=model.cfg.stream_loss_weight,
     )
-    return model, tokenizer, ds
+    return model, tokenizer, StreamDataset(store, samples, encode)
 
 
 def eval_shard(spec: EvalSpec, shard: int, shard_count: int) -> int:
@@ -76,7 +76,7 @@ def eval_shard(spec: EvalSpec, shard: int, shard_count: int) -> int:
             model,
             item["encoded"],
             item["frames"].to(device),
-            fps=spec.data.fps,
+            fps=ds.fps,
             threshold=spec.threshold,
         )
         record = {
@@ -164,7 +164,7 @@ class EvalJob:
         if self.report:
             from jobs.report import write_report
 
-            page = write_report(spec.output_dir, fps=spec.data.fps)
+            page = write_report(spec.output_dir, fps=store_fps(spec.store))
             print(f"eval: report {page}")
         print(f"eval: summary {Path(spec.output_dir).absolute() / 'summary.json'}")
         return 0

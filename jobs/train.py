@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import math
 import os
 import random
@@ -16,166 +15,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from cache import Store, open_store, read_store_attrs
+from cache import open_store, read_store_attrs
+from data import DataConfig, StreamDataset, read_samples, store_fps
 from jobs.launchers import Launcher
-from models.annotations import (
-    StreamSample,
-    ego4d_split_uids,
-    frames_for_window,
-    read_chat,
-    read_coin,
-    read_ego4d_narrations,
-    turn_frame_index,
-)
 from models.live import LiveConfig, build_live, save_trainable, trainable_parameters
-from models.prompt import AssistantTurn, Conversation, StreamTurn, UserTurn, encode_conversation
-
-log = logging.getLogger(__name__)
-
-DataFormat = Literal["ego4d_narration", "coin", "chat"]
-FORMATS: tuple[str, ...] = ("ego4d_narration", "coin", "chat")
-DEFAULT_FILES = {"ego4d_narration": "all_narrations_redacted.json", "coin": "COIN.json"}
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which annotations to train on. ``annotations`` is the file, or a folder holding the
-    format's usual file name. ``split``: COIN's subset (training/testing); for Ego4D the uids
-    listed in ``split_files`` (other Ego4D benchmark files) are kept (``split=keep``) or
-    dropped (``split=exclude``, the train split)."""
-
-    format: DataFormat
-    annotations: str
-    split: str | None = None
-    split_files: tuple[str, ...] = ()
-    fps: float = 2.0
-    max_frames: int = 1200
-    refined: bool = False
-
-    def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise ValueError(f"data.format={self.format!r}; valid: {FORMATS}")
-        object.__setattr__(self, "split_files", tuple(self.split_files))
-
-
-def read_samples(cfg: DataConfig) -> list[StreamSample]:
-    """Read the annotations into timed streaming samples (windows of at most max_frames)."""
-    path = Path(cfg.annotations).expanduser()
-    if path.is_dir() and cfg.format in DEFAULT_FILES:
-        path = path / DEFAULT_FILES[cfg.format]
-    if not path.exists():
-        raise FileNotFoundError(f"data.annotations={cfg.annotations!r}: {path} does not exist")
-    if cfg.format == "ego4d_narration":
-        uids = ego4d_split_uids(cfg.split_files) if cfg.split_files else None
-        keep = uids if cfg.split in (None, "keep") else None
-        exclude = uids if cfg.split == "exclude" else None
-        return read_ego4d_narrations(
-            path,
-            fps=cfg.fps,
-            split_uids=keep,
-            exclude_uids=exclude,
-            refined=cfg.refined,
-            max_frames=cfg.max_frames,
-        )
-    if cfg.format == "coin":
-        subset = {"train": "training", "val": "testing", "test": "testing"}.get(
-            cfg.split or "", cfg.split
-        )
-        return read_coin(path, subset=subset, fps=cfg.fps, max_frames=cfg.max_frames)  # type: ignore[arg-type]
-    return read_chat(path, fps=cfg.fps, max_frames=cfg.max_frames)
-
-
-def to_conversation(
-    sample: StreamSample, pts_seconds: np.ndarray, lo: int, hi: int
-) -> Conversation:
-    """Interleave the window's frames ``[lo, hi)`` with the sample's turns: a turn at time t comes
-    right after the last frame on screen at t. Every stream run is learned (the model learns when
-    to stay silent and when to speak); turns keep their own ``learn`` flags."""
-    turns: list[StreamTurn | UserTurn | AssistantTurn] = []
-    cursor = lo
-    for t in sample.turns:
-        end = min(max(turn_frame_index(pts_seconds, t.time_seconds) + 1, lo), hi)
-        if end > cursor:
-            turns.append(StreamTurn(end - cursor, learn=True))
-            cursor = end
-        if t.role == "user":
-            turns.append(UserTurn(t.text))
-        else:
-            turns.append(AssistantTurn(t.text, learn=t.learn))
-    if hi > cursor:
-        turns.append(StreamTurn(hi - cursor, learn=True))
-    return Conversation(turns=turns, system=sample.system)
-
-
-class StreamDataset(torch.utils.data.Dataset):
-    """Samples whose frames come from the store, one window each (never the whole video).
-
-    Videos missing from the store or failed there are reported once and skipped."""
-
-    def __init__(
-        self,
-        store: str,
-        samples: list[StreamSample],
-        tokenizer: Any,
-        *,
-        fps: float,
-        frame_tokens: int,
-        v_token: str,
-        stream_loss_weight: float,
-    ) -> None:
-        index = open_store(store)
-        done = set(index.video_ids(status="done"))
-        missing = sorted({s.video_id for s in samples} - done)
-        if missing:
-            log.warning(
-                "%d of %d annotated videos are not done in %s; skipping their samples (e.g. %s)",
-                len(missing),
-                len({s.video_id for s in samples}),
-                store,
-                ", ".join(missing[:5]),
-            )
-        self.samples = [s for s in samples if s.video_id in done]
-        if not self.samples:
-            raise ValueError(f"no annotated video is done in {store}: nothing to train on")
-        self.store_path = store
-        self.tokenizer = tokenizer
-        self.fps = fps
-        self.frame_tokens = frame_tokens
-        self.v_token = v_token
-        self.stream_loss_weight = stream_loss_weight
-        self._index = index.index  # reused by the workers: journals are read once
-        self._store: Any = None  # opened lazily in each DataLoader worker (its own arrays)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        if self._store is None:
-            self._store = Store(self.store_path, index=self._index)
-        s = self.samples[i]
-        pts = self._store.pts_seconds(s.video_id)
-        lo, hi = frames_for_window(pts, s.start_seconds, s.stop_seconds, fps=self.fps)
-        enc = encode_conversation(
-            self.tokenizer,
-            to_conversation(s, pts, lo, hi),
-            v_token=self.v_token,
-            frame_tokens=self.frame_tokens,
-            stream_loss_weight=self.stream_loss_weight,
-        )
-        tokens, _ = self._store.read(s.video_id, lo, hi)
-        return {
-            "sample_id": s.sample_id,
-            "input_ids": enc.input_ids,
-            "labels": enc.labels,
-            "weights": enc.weights,
-            "frames": torch.from_numpy(tokens.astype(np.float32)),
-            "encoded": enc,  # the positions evaluation needs
-        }
+from models.prompt import encode_conversation
 
 
 @dataclass(frozen=True)
@@ -250,14 +99,17 @@ class Trainer:
         self.scheduler = get_cosine_schedule_with_warmup(
             self.optimizer, math.ceil(spec.warmup_ratio * spec.max_steps), spec.max_steps
         )
+        store = open_store(spec.store)
         self.dataset = StreamDataset(
-            spec.store,
-            read_samples(spec.data),
-            self.tokenizer,
-            fps=spec.data.fps,
-            frame_tokens=spec.model.frame_tokens,
-            v_token=spec.model.v_token,
-            stream_loss_weight=spec.model.stream_loss_weight,
+            store,
+            read_samples(spec.data, fps=store_fps(store)),  # annotations in seconds: store's grid
+            functools.partial(
+                encode_conversation,
+                self.tokenizer,
+                frame_tokens=spec.model.frame_tokens,
+                v_token=spec.model.v_token,
+                stream_loss_weight=spec.model.stream_loss_weight,
+            ),
         )
         from torch.utils.data.distributed import DistributedSampler
 

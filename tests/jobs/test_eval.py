@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from data import DataConfig
 from jobs.eval import EvalJob, merge
 from jobs.launchers import LocalLauncher
-from jobs.train import DataConfig, train_rank
+from jobs.train import train_rank
 from tests.jobs.cli import run_cli
 from tests.jobs.test_train import make_store, spec_for, write_chat
 

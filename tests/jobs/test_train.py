@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import replace
@@ -12,10 +13,12 @@ import pytest
 import torch
 
 from cache import ShardWriter, StoreLayout, init_store, open_store
+from data import DataConfig, StreamDataset, StreamTurn, read_samples, store_fps
+from extract.samples import make_video
 from jobs.launchers import LocalLauncher
-from jobs.train import DataConfig, StreamDataset, TrainSpec, read_samples, train_rank
+from jobs.train import TrainSpec, train_rank
 from models.live import LiveConfig, build_live, load_trainable
-from models.prompt import StreamTurn
+from models.prompt import encode_conversation
 from tests.jobs.cli import run_cli
 
 D, N, FRAMES = 16, 10, 24  # store: 10 tokens x 16 dims, 24 frames (12 s at 2 FPS) per video
@@ -79,11 +82,12 @@ def test_samples_read_their_window_from_the_store(
 ) -> None:
     store, ann = setup
     _, tok = build_live(LiveConfig(llm=str(tiny_llm), vision_dim=D, frame_tokens=N, lora_r=2))
-    samples = read_samples(DataConfig(format="chat", annotations=str(ann)))
+    samples = read_samples(DataConfig(format="chat", annotations=str(ann)), fps=2.0)
+    encode = functools.partial(
+        encode_conversation, tok, frame_tokens=N, v_token="<v>", stream_loss_weight=1.0
+    )
     with caplog.at_level(logging.WARNING):
-        ds = StreamDataset(
-            str(store), samples, tok, fps=2.0, frame_tokens=N, v_token="<v>", stream_loss_weight=1.0
-        )
+        ds = StreamDataset(str(store), samples, encode)
     assert "1 of 5 annotated videos are not done" in caplog.text and "not_in_store" in caplog.text
     assert [s.video_id for s in ds.samples] == ["a", "b", "c", "d"]
     item = ds[1]
@@ -106,12 +110,11 @@ def test_samples_read_their_window_from_the_store(
 
 
 def test_conversation_frames_cover_the_window(setup: tuple[Path, Path]) -> None:
-    from jobs.train import to_conversation
-    from models.annotations import frames_for_window
+    from data import frames_for_window, to_conversation
 
     store, ann = setup
     pts = open_store(store).pts_seconds("a")
-    sample = read_samples(DataConfig(format="chat", annotations=str(ann)))[0]
+    sample = read_samples(DataConfig(format="chat", annotations=str(ann)), fps=2.0)[0]
     lo, hi = frames_for_window(pts, sample.start_seconds, sample.stop_seconds, fps=2.0)
     conv = to_conversation(sample, pts, lo, hi)
     assert sum(t.num_frames for t in conv.turns if isinstance(t, StreamTurn)) == hi - lo
@@ -194,3 +197,58 @@ def test_training_run_on_slurm(setup: tuple[Path, Path], tiny_llm: Path, tmp_pat
     assert r.returncode == 0, r.stderr[-3000:]
     assert "slurm: submitted job" in r.stderr
     assert (out / "checkpoints" / "step-0000002" / "adapter" / "adapter_config.json").exists()
+
+
+def test_train_on_a_store_extracted_at_1_fps(
+    tmp_path: Path, tiny_siglip: Path, tiny_llm: Path
+) -> None:
+    """Annotations are in seconds: on a 1 FPS store they land on the 1 FPS frame grid (a reply
+    at 2.2 s after the frame at 3 s, not the 2 FPS grid's 2.5 s, which is after frame 2)."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_video(videos / "cook.mp4", seconds=5.0, width=64, height=48)
+    store = tmp_path / "feats.zarr"
+    r = run_cli(
+        "job=extract", f"videos={videos}", f"store={store}", f"encoder.pretrained={tiny_siglip}",
+        "job.fps=1", "job.progress=false", hydra_dir=tmp_path / "h1",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    ann = tmp_path / "chat.json"
+    conversation = [
+        {"role": "user", "content": "What is happening?", "time": 0.0},
+        {"role": "assistant", "content": "Cooking.", "time": 2.2},
+        {"role": "assistant", "content": "Still cooking.", "time": 3.8},
+    ]
+    ann.write_text(json.dumps([{"video_uid": "cook", "conversation": conversation}]))
+    out, losses_file = tmp_path / "run", tmp_path / "losses.jsonl"
+    r = run_cli(
+        "job=train", f"store={store}", "data=chat", f"data.annotations={ann}",
+        f"model.llm={tiny_llm}", "model.lora_r=4", "model.lora_alpha=8", "job.max_steps=2",
+        "job.grad_accum=1", "job.num_workers=0", f"job.output_dir={out}", "job.progress=false",
+        f"job.losses_file={losses_file}", hydra_dir=tmp_path / "h2",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    steps = [json.loads(line) for line in losses_file.read_text().splitlines()]
+    assert [s["frames"] for s in steps] == [5, 5]  # the window [0, 5) s at 1 FPS
+    assert (out / "checkpoints" / "step-0000002" / "adapter").is_dir()
+
+    # The samples job=train built, through the real store.
+    s = open_store(store)
+    assert store_fps(s) == 1.0
+    np.testing.assert_allclose(s.pts_seconds("cook"), [0, 1, 2, 3, 4])
+    (sample,) = read_samples(DataConfig(format="chat", annotations=str(ann)), fps=store_fps(s))
+    assert [t.time_seconds for t in sample.turns] == [0.0, 3.0, 4.0]
+    tokens, _ = s.read("cook")
+    model_cfg = LiveConfig(
+        llm=str(tiny_llm), vision_dim=tokens.shape[2], frame_tokens=tokens.shape[1], lora_r=2
+    )
+    _, tok = build_live(model_cfg)
+    encode = functools.partial(encode_conversation, tok, frame_tokens=tokens.shape[1])
+    item = StreamDataset(s, [sample], encode)[0]
+    np.testing.assert_array_equal(item["frames"].numpy(), tokens.astype(np.float32))
+    # Each frame's last <v> targets "," (stay silent) or "]" (a turn follows that frame): the
+    # question follows frame 0, the replies frames 3 and 4.
+    ids = item["input_ids"].tolist()
+    v_id = tok.convert_tokens_to_ids("<v>")
+    last_v = [i for i in range(len(ids) - 1) if ids[i] == v_id and ids[i + 1] != v_id]
+    assert [tok.decode([int(item["labels"][i])]) for i in last_v] == ["]", ",", ",", "]", "]"]

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from data import AssistantTurn, Conversation, StreamTurn, UserTurn
 from models.evaluate import (
     SampleMetrics,
     evaluate_sample,
@@ -26,15 +27,7 @@ from models.evaluate import (
     turn_metrics,
 )
 from models.live import LiveConfig, LiveModel, LiveOutput, build_live, trainable_parameters
-from models.prompt import (
-    IGNORE_INDEX,
-    AssistantTurn,
-    Conversation,
-    EncodedSample,
-    StreamTurn,
-    UserTurn,
-    encode_conversation,
-)
+from models.prompt import IGNORE_INDEX, EncodedSample, encode_conversation
 
 # --- hand-built samples and logits --------------------------------------------------------
 # A vocabulary of 8: the ids below; <v> is 7. One token per frame, so a frame's only <v> is its

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+from data import AssistantTurn, Conversation, StreamTurn, UserTurn
 from models.live import (
     LiveConfig,
     LiveModel,
@@ -17,7 +18,7 @@ from models.live import (
     save_trainable,
     trainable_parameters,
 )
-from models.prompt import AssistantTurn, Conversation, StreamTurn, UserTurn, encode_conversation
+from models.prompt import encode_conversation
 
 D = 8  # feature width of the synthetic "vision encoder"
 T = 2  # feature tokens per frame

@@ -8,16 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from models.prompt import (
-    AssistantTurn,
-    Conversation,
-    StreamTurn,
-    UserTurn,
-    conversation_from_messages,
-    encode_conversation,
-    render_conversation,
-    single_token_id,
-)
+from data import AssistantTurn, Conversation, StreamTurn, UserTurn, conversation_from_messages
+from models.prompt import encode_conversation, render_conversation, single_token_id
 
 W = 2.0  # stream_loss_weight used below, so stream and LM weights can be told apart
 SYSTEM = "You watch a video."
@@ -106,7 +98,7 @@ def test_render_matches_template() -> None:
     rendered = render_conversation(example(), bos="<s>", eos="</s>", frame_tokens=2)
     assert rendered.text == EXAMPLE_TEXT
     assert rendered.num_frames == 6 and rendered.num_learned_frames == 5
-    # The docstring's worked example, verbatim.
+    # The worked example of docs/data.md ("The LIVE prompt"), verbatim.
     doc = Conversation(
         [
             StreamTurn(2, learn=True),

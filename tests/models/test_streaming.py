@@ -11,16 +11,10 @@ from typing import Any
 import pytest
 import torch
 
+from data import AssistantTurn, Conversation, StreamTurn, Turn, UserTurn
 from models.evaluate import fire_mask
 from models.live import LiveConfig, LiveModel, build_live, trainable_parameters
-from models.prompt import (
-    AssistantTurn,
-    Conversation,
-    StreamTurn,
-    Turn,
-    UserTurn,
-    encode_conversation,
-)
+from models.prompt import encode_conversation
 from models.streaming import StreamingSession, evict_middle, find_rotary, rotate_keys
 
 D, T = 8, 2

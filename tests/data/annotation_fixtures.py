@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from data import LIVE_SYSTEM_PROMPT, StreamSample, TimedTurn
+
 # Realistic-looking Ego4D video uids and annotation uids (Ego4D uses UUIDs).
 EGO4D_A = "0a0f3c6e-8c1b-4b62-9a7c-4d0b2f1e7a11"
 EGO4D_B = "1b2d4e6f-0a1c-4e3b-8d5f-6a7b8c9d0e22"
@@ -304,3 +306,20 @@ def chat_file(directory: Path, *, jsonl: bool = False) -> Path:
     path = directory / "livechat.jsonl"
     path.write_text("".join(json.dumps(s) + "\n" for s in samples), encoding="utf-8")
     return path
+
+
+# --- Expected samples -------------------------------------------------------------------------
+
+
+def user(text: str, t: float) -> TimedTurn:
+    return TimedTurn("user", text, t, learn=False)
+
+
+def bot(text: str, t: float, learn: bool = True) -> TimedTurn:
+    return TimedTurn("assistant", text, t, learn=learn)
+
+
+def sample(
+    sample_id: str, video_id: str, start: float, stop: float, *turns: TimedTurn
+) -> StreamSample:
+    return StreamSample(sample_id, video_id, start, stop, tuple(turns), LIVE_SYSTEM_PROMPT)
