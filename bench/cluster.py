@@ -70,6 +70,7 @@ def launcher_for(name: str, workers: int, store: Path) -> Any:
 
 
 def measure(name: str, workers: int, videos: Path, work: Path, encoder: Any) -> dict[str, Any]:
+    from extract.pipeline import DecodeOptions
     from jobs.extract import ExtractJob
 
     store = work / f"{name}-{workers}.zarr"
@@ -79,7 +80,7 @@ def measure(name: str, workers: int, videos: Path, work: Path, encoder: Any) -> 
         store=str(store),
         encoder=encoder,
         launcher=launcher_for(name, workers, store),
-        decode_threads=1,
+        decode=DecodeOptions(threads=1),
         encode_threads=1,
         batch_frames=16,
         progress=False,

@@ -35,9 +35,8 @@ import torch  # noqa: E402
 
 from extract.encoders import ClipConfig, Encoder  # noqa: E402
 from extract.frames import FrameReader  # noqa: E402
-from extract.pipeline import Batching, DecodeOptions  # noqa: E402
+from extract.pipeline import Batching, DecodeOptions, VideoTask  # noqa: E402
 from jobs.extract import ExtractSpec, _encoder, run_shard  # noqa: E402
-from jobs.inputs import VideoInput  # noqa: E402
 
 T = TypeVar("T")
 BUSY = 0.25  # other processes' cores above which a timing counts as disturbed (and is redone)
@@ -151,9 +150,7 @@ def decode_only(paths: list[Path], opts: DecodeOptions, size: int) -> list[torch
     """FrameReader over every video (decode + resize/pad), exactly as the pipeline calls it."""
     out: list[torch.Tensor] = []
     for p in paths:
-        reader = FrameReader(p, fps=opts.fps, size=size, chunk_frames=opts.chunk_frames,
-                             budget_mb=opts.budget_mb, threads=opts.threads,
-                             seek_mode=opts.seek_mode)  # fmt: skip
+        reader = FrameReader(p, size=size, decode=opts)
         out.extend(frames for frames, _ in reader.chunks())
     return out
 
@@ -236,10 +233,9 @@ def main() -> None:
     def spec_for(videos: list[Path], root: Path, batching: Batching = "dynamic") -> ExtractSpec:
         """ExtractJob's defaults, with these videos and this batching."""
         return ExtractSpec(
-            store=str(root), videos=tuple(VideoInput(p.stem, p) for p in videos), encoder=cfg,
-            decode=opts, batch_frames=args.batch, dtype="float16", chunk_frames=8,
-            shard_frames=1024, segment_frames=4096, commit_interval_s=60.0, retry_failed=True,
-            encode_threads=th, progress=False, batching=batching,
+            store=str(root), videos=tuple(VideoTask(p.stem, p) for p in videos), encoder=cfg,
+            decode=opts, batch_frames=args.batch, encode_threads=th, progress=False,
+            batching=batching,
         )  # fmt: skip
 
     # Warm-up (untimed): loads the encoder into run_shard's per-process cache (the same object
@@ -259,7 +255,7 @@ def main() -> None:
     print(f"encoder: open_clip {args.encoder} random weights, {size}px, dim {encoder.dim}, "
           f"{encoder.tokens_per_frame} tokens/frame, autocast {encoder.autocast}, "
           f"batch {args.batch}, store float16")  # fmt: skip
-    readers = [FrameReader(p, fps=args.fps, size=size) for p in paths]
+    readers = [FrameReader(p, size=size, decode=DecodeOptions(fps=args.fps)) for p in paths]
     src_frames = [len(r.decoder) for r in readers]  # exact seek mode: counted from the packets
     total_src = sum(src_frames)
     print(f"videos ({n} sampled frames at {args.fps:g} fps, {total_src} source frames):")

@@ -65,7 +65,7 @@ class ShardWriter:
         self.root = Path(root)
         self.shard = shard
         attrs = read_store_attrs(self.root)
-        self.layout = StoreLayout(**attrs["layout"])
+        self.layout = StoreLayout.from_dict(attrs["layout"])
         self.commit_interval_s = commit_interval_s
         self.dir = shard_dir(self.root, shard)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -251,7 +251,7 @@ class ShardWriter:
             attributes={"pieces": [{k: v for k, v in p.items() if k != "kind"} for p in pieces]},  # type: ignore[misc]
         )
         chunk = min(lay.chunk_frames, n)
-        shard = min(lay.shard_frames, -(-n // chunk) * chunk)
+        shard = min(lay.file_frames, -(-n // chunk) * chunk)
         arr = group.create_array(
             "tokens",
             shape=tokens.shape,

@@ -113,7 +113,7 @@ def probe_video(path: str, video_id: str, size: int, opts: DecodeOptions) -> dic
     reader = open_reader(path, size, opts)
     record = probe_record(VideoTask(video_id, Path(path)), reader.probe, opts.fps)
     record["num_frames"] = reader.num_frames
-    return {"record": record, "chunk_frames": reader.chunk_frames}
+    return {"record": record, "chunk_frames": reader.frames_per_call}
 
 
 def decode_range(
@@ -483,7 +483,7 @@ class RayLauncher:
         """
         if spec.decode.device != "cpu":
             raise ValueError(
-                "job.decode_device must be cpu with launcher=ray (decode tasks request no GPU)"
+                "job.decode.device must be cpu with launcher=ray (decode tasks request no GPU)"
             )
         if str(getattr(spec.encoder, "device", "auto")).startswith("cuda") and not (
             self.encoder_num_gpus > 0
