@@ -54,12 +54,14 @@ class ShardWriter:
     may exist at a time (an advisory lock enforces it).
     """
 
+    COMMIT_INTERVAL_S = 60.0  # the default: commit at least this often
+
     def __init__(
         self,
         root: str | Path,
         shard: int,
         *,
-        commit_interval_s: float = 60.0,
+        commit_interval_s: float = COMMIT_INTERVAL_S,
         provenance: dict[str, Any] | None = None,
     ) -> None:
         self.root = Path(root)

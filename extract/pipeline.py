@@ -157,14 +157,17 @@ class ExtractPipeline:
     each encode, so tokens are bit-for-bit reproducible across runs and launchers.
     """
 
+    BATCH_FRAMES = 32  # the defaults (job=extract's too)
+    BATCHING: Batching = "dynamic"
+
     def __init__(
         self,
         encoder: FrameEncoder,
         sink: Sink,
         *,
         decode: DecodeOptions,
-        batch_frames: int = 32,
-        batching: Batching = "dynamic",
+        batch_frames: int = BATCH_FRAMES,
+        batching: Batching = BATCHING,
         out_dtype: OutDtype = "float16",
         on_event: Any = None,
         source: FrameSource | None = None,

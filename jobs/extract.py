@@ -45,12 +45,13 @@ class ExtractSpec:
     layout: Callable[..., StoreLayout] = field(
         default_factory=lambda: functools.partial(StoreLayout)
     )
-    batch_frames: int = 32  # most frames per encoder call (batches span videos)
+    batch_frames: int = ExtractPipeline.BATCH_FRAMES  # most frames per encoder call
     # dynamic: encode what is decoded as soon as the encoder is free;
     # fixed: always wait for batch_frames (bit-reproducible tokens)
-    batching: Batching = "dynamic"
+    batching: Batching = ExtractPipeline.BATCHING
     encode_threads: int | None = None  # torch intra-op threads (None = torch default)
-    commit_interval_s: float = 60.0  # also commit at least this often (bounds work lost to a kill)
+    # seconds: also commit at least this often (bounds work lost to a kill)
+    commit_interval_s: float = ShardWriter.COMMIT_INTERVAL_S
     retry_failed: bool = True  # a rerun retries videos that failed before
     progress: bool = True
 

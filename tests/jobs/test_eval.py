@@ -12,6 +12,7 @@ import pytest
 
 from jobs.eval import EvalJob, merge
 from jobs.launchers import LocalLauncher
+from jobs.report import ReportJob
 from jobs.train import DataConfig, train_rank
 from tests.jobs.cli import run_cli
 from tests.jobs.test_train import make_store, spec_for, write_chat
@@ -120,6 +121,10 @@ def test_report_renders_in_headless_chromium(
     out = tmp_path / "run"
     assert eval_job(store, ann, adapter, out, LocalLauncher(), report=True).run() == 0
     page = out / "report.html"
+    # job=report re-renders it at the rate the eval run recorded.
+    assert json.loads((out / "summary.json").read_text())["fps"] == 2.0
+    first = page.read_text()
+    assert ReportJob(output_dir=str(out)).run() == 0 and page.read_text() == first
     text = page.read_text()
     assert '<table id="metrics">' in text and "frame_diff.png" in text
     for src in [s.split('"')[0] for s in text.split('src="')[1:]]:
