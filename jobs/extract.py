@@ -89,6 +89,15 @@ def _encoder(cfg: EncoderConfig) -> Encoder:
     return build_encoder(cfg)
 
 
+def _shard_encoder(spec: ExtractSpec, encoder: FrameEncoder | None) -> FrameEncoder:
+    """``encoder``, or else the one loaded in this process; torch gets the run's threads."""
+    if spec.encode_threads:
+        import torch
+
+        torch.set_num_threads(spec.encode_threads)
+    return encoder or _encoder(spec.encoder)
+
+
 def features_of(spec: ExtractSpec, encoder: FrameEncoder, layout: StoreLayout) -> dict[str, Any]:
     """What determines the numbers in the store (a store refuses runs that differ)."""
     return {
@@ -157,11 +166,7 @@ def run_shard(
     result = ShardResult(shard, shard_count, len(todo) + skipped, skipped, started_at=started_at)
     if not todo:
         return result
-    if spec.encode_threads:
-        import torch
-
-        torch.set_num_threads(spec.encode_threads)
-    enc: FrameEncoder = encoder or _encoder(spec.encoder)
+    enc = _shard_encoder(spec, encoder)
     layout = spec.store_layout(enc.tokens_per_frame, enc.dim)
     prov = {**provenance(), "encoder": enc.provenance, "autocast": enc.autocast}
     init_store(spec.store, layout=layout, features=features_of(spec, enc, layout), provenance=prov)
