@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from cache import ShardLockedError
 from extract.encoders import EncoderLoadError
+from jobs.config import check_keys  # importing jobs registers the settings nodes conf/ names
 
 # What a wrong path, setting or checkpoint raises: reported as one line, not a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (
@@ -34,6 +35,7 @@ def user_error(e: BaseException) -> BaseException | None:
 def main(cfg: DictConfig) -> int:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        check_keys(cfg)
         job = hydra.utils.instantiate(cfg.job, _convert_="all")
         status = int(job.run())
     except Exception as e:

@@ -59,6 +59,7 @@ def launcher_for(name: str, workers: int, store: Path) -> Any:
 
 
 def measure(name: str, workers: int, videos: Path, work: Path, encoder: Any) -> dict[str, Any]:
+    from extract.pipeline import DecodeOptions
     from jobs.extract import ExtractJob
     from jobs.extract_ray import RayExtraction
 
@@ -76,7 +77,7 @@ def measure(name: str, workers: int, videos: Path, work: Path, encoder: Any) -> 
         store=str(store),
         encoder=encoder,
         launcher=launcher_for(name, workers, store),
-        decode_threads=1,
+        decode=DecodeOptions(threads=1),
         encode_threads=1,
         batch_frames=16,
         progress=False,

@@ -29,10 +29,9 @@ import torch
 
 from extract.encoders import ClipConfig, Encoder
 from extract.frames import FrameReader
-from extract.pipeline import Batching, DecodeOptions
+from extract.pipeline import Batching, DecodeOptions, VideoTask
 from extract.samples import lavfi_video
 from jobs.extract import ExtractSpec, cached_encoder, run_shard
-from jobs.inputs import VideoInput
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -146,9 +145,7 @@ def decode_only(paths: list[Path], opts: DecodeOptions, size: int) -> list[torch
     """FrameReader over every video (decode + resize/pad), exactly as the pipeline calls it."""
     out: list[torch.Tensor] = []
     for p in paths:
-        reader = FrameReader(p, fps=opts.fps, size=size, chunk_frames=opts.chunk_frames,
-                             budget_mb=opts.budget_mb, threads=opts.threads,
-                             seek_mode=opts.seek_mode)  # fmt: skip
+        reader = FrameReader(p, size=size, decode=opts)
         out.extend(frames for frames, _ in reader.chunks())
     return out
 
@@ -260,10 +257,9 @@ def setup(args: argparse.Namespace) -> Setup:
     def spec_for(videos: list[Path], root: Path, batching: Batching = "dynamic") -> ExtractSpec:
         """ExtractJob's defaults, with these videos and this batching."""
         return ExtractSpec(
-            store=str(root), videos=tuple(VideoInput(p.stem, p) for p in videos), encoder=cfg,
-            decode=opts, batch_frames=args.batch, dtype="float16", chunk_frames=8,
-            shard_frames=1024, segment_frames=4096, commit_interval_s=60.0, retry_failed=True,
-            encode_threads=th, progress=False, batching=batching,
+            store=str(root), videos=tuple(VideoTask(p.stem, p) for p in videos), encoder=cfg,
+            decode=opts, batch_frames=args.batch, encode_threads=th, progress=False,
+            batching=batching,
         )  # fmt: skip
 
     # Warm-up (untimed): loads the encoder into run_shard's per-process cache (the same object
@@ -287,7 +283,7 @@ def describe_setup(s: Setup) -> int:
     print(f"encoder: open_clip {args.encoder} random weights, {size}px, dim {encoder.dim}, "
           f"{encoder.tokens_per_frame} tokens/frame, autocast {encoder.autocast}, "
           f"batch {args.batch}, store float16")  # fmt: skip
-    readers = [FrameReader(p, fps=args.fps, size=size) for p in s.paths]
+    readers = [FrameReader(p, size=size, decode=DecodeOptions(fps=args.fps)) for p in s.paths]
     src_frames = [len(r.decoder) for r in readers]  # exact seek mode: counted from the packets
     total_src, n = sum(src_frames), len(s.frames)
     print(f"videos ({n} sampled frames at {args.fps:g} fps, {total_src} source frames):")

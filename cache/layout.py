@@ -20,32 +20,44 @@ StoreDtype = Literal["float16", "bfloat16"]
 class StoreLayout:
     """Array geometry shared by every segment of one store.
 
-    ``chunk_frames`` is the read granularity (a window read touches at most one extra chunk at
-    each end); ``shard_frames`` is how many frames go in one file of the sharding codec;
-    ``segment_frames`` is the most frames a writer buffers before committing a segment.
+    ``tokens_per_frame`` and ``dim`` are the encoder's token shape; the rest is chosen when the
+    store is created. ``chunk_frames`` is the Zarr chunk, the read granularity (a window read
+    touches at most one extra chunk at each end); ``file_frames`` is how many frames go in one
+    file of the sharding codec (stored as ``shard_frames``, the format's name); ``segment_frames``
+    is the most frames a writer buffers before committing a segment.
     """
 
     tokens_per_frame: int
     dim: int
-    dtype: StoreDtype = "float16"
+    dtype: StoreDtype = "float16"  # float16 | bfloat16 (stored as uint16 bit patterns)
     chunk_frames: int = 8
-    shard_frames: int = 1024
+    file_frames: int = 1024
     segment_frames: int = 4096
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float16", "bfloat16"):
             raise ValueError(f"dtype must be 'float16' or 'bfloat16', got {self.dtype!r}")
-        for name in ("tokens_per_frame", "dim", "chunk_frames", "shard_frames", "segment_frames"):
+        for name in ("tokens_per_frame", "dim", "chunk_frames", "file_frames", "segment_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.shard_frames % self.chunk_frames:
+        if self.file_frames % self.chunk_frames:
             raise ValueError(
-                f"shard_frames ({self.shard_frames}) must be a multiple of "
+                f"file_frames ({self.file_frames}) must be a multiple of "
                 f"chunk_frames ({self.chunk_frames})"
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The layout as the store records it (format version 1 names)."""
+        return {_STORED.get(k, k): v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, stored: dict[str, Any]) -> StoreLayout:
+        """The layout a store records (see :meth:`to_dict`)."""
+        names = {v: k for k, v in _STORED.items()}
+        return cls(**{names.get(k, k): v for k, v in stored.items()})
+
+
+_STORED = {"file_frames": "shard_frames"}  # field name -> the name stores hold
 
 
 def shard_dir(root: Path, shard: int) -> Path:

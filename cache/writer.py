@@ -51,18 +51,20 @@ class ShardWriter:
     may exist at a time (an advisory lock enforces it).
     """
 
+    COMMIT_INTERVAL_S = 60.0  # the default: commit at least this often
+
     def __init__(
         self,
         root: str | Path,
         shard: int,
         *,
-        commit_interval_s: float = 60.0,
+        commit_interval_s: float = COMMIT_INTERVAL_S,
         provenance: dict[str, Any] | None = None,
     ) -> None:
         self.root = Path(root)
         self.shard = shard
         attrs = read_store_attrs(self.root)
-        self.layout = StoreLayout(**attrs["layout"])
+        self.layout = StoreLayout.from_dict(attrs["layout"])
         self.commit_interval_s = commit_interval_s
         self.dir = shard_dir(self.root, shard)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -249,7 +251,7 @@ class ShardWriter:
             attributes={"pieces": [{k: v for k, v in p.items() if k != "kind"} for p in pieces]},  # type: ignore[misc]
         )
         chunk = min(lay.chunk_frames, n)
-        shard = min(lay.shard_frames, -(-n // chunk) * chunk)
+        shard = min(lay.file_frames, -(-n // chunk) * chunk)
         arr = group.create_array(
             "tokens",
             shape=tokens.shape,

@@ -11,7 +11,7 @@ import math
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,14 +21,30 @@ import torch
 Autocast = Literal["auto", "off", "bfloat16", "float16"]
 
 
+def resolve_autocast(mode: str, device: torch.device) -> str:
+    """An autocast setting made concrete: ``auto`` is bfloat16 on a GPU and off elsewhere."""
+    if mode == "auto":
+        return "bfloat16" if device.type == "cuda" else "off"
+    return mode
+
+
+def autocast_context(mode: str, device: torch.device) -> AbstractContextManager[Any]:
+    """``torch.autocast`` to ``mode`` (``auto`` resolved as :func:`resolve_autocast`); ``off``
+    runs in the weights' own dtype. Extraction and training both use this rule."""
+    mode = resolve_autocast(mode, device)
+    if mode == "off":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, mode))
+
+
 @dataclass(frozen=True)
 class SiglipConfig:
     """SigLIP vision tower via transformers. ``pretrained``: a hub id or a local directory."""
 
     pretrained: str = "google/siglip-large-patch16-384"
-    pool: int = 3
-    device: str = "auto"
-    autocast: Autocast = "auto"
+    pool: int = 3  # k: tokens = CLS + k x k pooled grid (0 = CLS only)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    autocast: Autocast = "auto"  # auto (bf16 on GPU, off on CPU) | off | bfloat16 | float16
 
 
 @dataclass(frozen=True)
@@ -43,7 +59,7 @@ class ClipConfig:
     model: str = "ViT-L-14-336"
     pretrained: str | None = "openai"
     model_config: str | None = None
-    pool: int = 3
+    pool: int = 3  # as SiglipConfig.pool
     device: str = "auto"
     autocast: Autocast = "auto"
 
@@ -157,9 +173,7 @@ class Encoder:
         self.device = device
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
-        if autocast == "auto":
-            autocast = "bfloat16" if device.type == "cuda" else "off"
-        self.autocast: str = autocast
+        self.autocast: str = resolve_autocast(autocast, device)
         self.provenance = provenance
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -172,12 +186,8 @@ class Encoder:
         with torch.inference_mode():
             x = pixels.to(self.device, non_blocking=True).float().div_(255)
             x = (x - self.mean) / self.std
-            if self.autocast == "off":
+            with autocast_context(self.autocast, self.device):
                 cls_token, patches = self._forward(x)
-            else:
-                dtype = torch.bfloat16 if self.autocast == "bfloat16" else torch.float16
-                with torch.autocast(self.device.type, dtype=dtype):
-                    cls_token, patches = self._forward(x)
             return pool_tokens(cls_token.float(), patches.float(), self.pool)
 
 

@@ -21,6 +21,29 @@ SeekMode = Literal["exact", "approximate"]
 
 
 @dataclass(frozen=True)
+class DecodeOptions:
+    """How frames are sampled and decoded (``job.decode`` of ``job=extract``).
+
+    A decode call reads ``frames_per_call`` sampled frames (fewer where ``budget_mb`` of
+    full-size pixels would be exceeded); that chunk of frames is the unit queued ahead of the
+    encoder (``queue_chunks`` of them) and the unit of a Ray decode task.
+    """
+
+    fps: float = 2.0  # frames sampled at begin + k/fps: the one place a rate is chosen
+    size: int | None = None  # frame square side; None = the encoder's input size
+    frames_per_call: int = 8  # sampled frames decoded per call
+    budget_mb: float = 256.0  # cap on full-size decoded pixels held at once
+    threads: int = 1  # ffmpeg threads per decoder (0 = ffmpeg decides)
+    seek_mode: SeekMode = "exact"  # exact (scans the file, right for VFR) | approximate
+    device: str = "cpu"  # cpu | cuda (NVDEC)
+    queue_chunks: int = 16  # decoded chunks buffered ahead of the encoder
+
+    def __post_init__(self) -> None:
+        if not self.fps > 0:
+            raise ValueError(f"job.decode.fps must be > 0, got {self.fps}")
+
+
+@dataclass(frozen=True)
 class VideoProbe:
     """What the decoder says about a video stream (display dims, after rotation)."""
 
@@ -81,26 +104,21 @@ class FrameReader:
         self,
         path: str | Path,
         *,
-        fps: float,
         size: int,
-        chunk_frames: int = 32,
-        budget_mb: float = 256.0,
-        threads: int = 1,
-        seek_mode: SeekMode = "exact",
-        device: str = "cpu",
+        decode: DecodeOptions,
     ) -> None:
         from torchcodec.decoders import VideoDecoder
 
         self.path = Path(path)
-        self.fps = fps
+        self.fps = fps = decode.fps
         self.size = size
         _check_readable(self.path)
         try:
             self.decoder = VideoDecoder(
                 str(self.path),
-                seek_mode=seek_mode,
-                num_ffmpeg_threads=threads,
-                device=device,
+                seek_mode=decode.seek_mode,
+                num_ffmpeg_threads=decode.threads,
+                device=decode.device,
             )
         except Exception as e:  # noqa: BLE001 - torchcodec raises several types with ffmpeg's text
             if "best video stream" in str(e):
@@ -128,16 +146,17 @@ class FrameReader:
             raise ValueError(f"video stream is empty (begin {begin} s, end {end} s)")
         frame_bytes = 3 * self.probe.width * self.probe.height
         # Full-size decoded frames are what costs memory (a 4K frame is 25 MB): cap the chunk.
-        self.chunk_frames = max(1, min(chunk_frames, int(budget_mb * 2**20 // frame_bytes)))
+        cap = int(decode.budget_mb * 2**20 // frame_bytes)
+        self.frames_per_call = max(1, min(decode.frames_per_call, cap))
 
     @property
     def num_frames(self) -> int:
         return len(self.times)
 
     def chunks(self, start_frame: int = 0) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-        """Yield the sampled frames from ``start_frame`` on, ``chunk_frames`` at a time."""
-        for lo in range(start_frame, self.num_frames, self.chunk_frames):
-            ts = self.times[lo : lo + self.chunk_frames]
+        """Yield the sampled frames from ``start_frame`` on, ``frames_per_call`` at a time."""
+        for lo in range(start_frame, self.num_frames, self.frames_per_call):
+            ts = self.times[lo : lo + self.frames_per_call]
             try:
                 batch = self.decoder.get_frames_played_at(seconds=ts.tolist())
             except Exception as e:  # noqa: BLE001 - reported as this video's failure

@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from extract.frames import FrameReader, SeekMode, VideoProbe
+from extract.frames import DecodeOptions, FrameReader, VideoProbe
 
 OutDtype = Literal["float16", "bfloat16"]
 Batching = Literal["dynamic", "fixed"]
@@ -27,22 +27,10 @@ Batching = Literal["dynamic", "fixed"]
 
 @dataclass(frozen=True)
 class VideoTask:
+    """One input video: its id in the store and its path (``jobs.inputs`` resolves them)."""
+
     video_id: str
     path: Path
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """How frames are sampled and decoded. ``size=None`` means the encoder's input size."""
-
-    fps: float = 2.0
-    size: int | None = None
-    chunk_frames: int = 8
-    budget_mb: float = 256.0
-    threads: int = 1
-    seek_mode: SeekMode = "exact"
-    device: str = "cpu"
-    queue_chunks: int = 16
 
 
 class FrameEncoder(Protocol):
@@ -138,16 +126,7 @@ FrameSource = Callable[[VideoTask, int], OpenedVideo]
 
 def open_reader(path: str | Path, size: int, opts: DecodeOptions) -> FrameReader:
     """A :class:`FrameReader` for ``path`` with the decode options of a run."""
-    return FrameReader(
-        path,
-        fps=opts.fps,
-        size=size,
-        chunk_frames=opts.chunk_frames,
-        budget_mb=opts.budget_mb,
-        threads=opts.threads,
-        seek_mode=opts.seek_mode,
-        device=opts.device,
-    )
+    return FrameReader(path, size=size, decode=opts)
 
 
 class _LocalVideo:
@@ -178,14 +157,17 @@ class ExtractPipeline:
     each encode, so tokens are bit-for-bit reproducible across runs and launchers.
     """
 
+    BATCH_FRAMES = 32  # the defaults (job=extract's too)
+    BATCHING: Batching = "dynamic"
+
     def __init__(
         self,
         encoder: FrameEncoder,
         sink: Sink,
         *,
         decode: DecodeOptions,
-        batch_frames: int = 32,
-        batching: Batching = "dynamic",
+        batch_frames: int = BATCH_FRAMES,
+        batching: Batching = BATCHING,
         out_dtype: OutDtype = "float16",
         on_event: Any = None,
         source: FrameSource | None = None,
@@ -317,7 +299,7 @@ class ExtractPipeline:
                         failed.setdefault(
                             ev.video_id,
                             "non-finite token values after casting to float16 (overflow?); "
-                            "try job.dtype=bfloat16"
+                            "try job.layout.dtype=bfloat16"
                             if self.out_dtype == "float16"
                             else "the encoder returned non-finite token values (NaN or inf)",
                         )

@@ -1,7 +1,7 @@
 """The eval job: teacher-forced streaming metrics per sample, sharded, resumable, merged.
 
-``python run.py job=eval store=S data=ego4d_narration data.split=val model.adapter=CKPT
-eval.threshold=0.0 launcher=slurm launcher.shards=32``
+``python run.py job=eval store=S data=ego4d_narration data.split=val job.adapter=CKPT
+job.threshold=0.0 launcher=slurm launcher.shards=32``
 
 Each shard appends one JSON line per finished sample to ``OUT/results/shard-NNNNN.jsonl`` (a rerun
 skips the samples already there); the merge step reads every shard's lines and writes
@@ -17,7 +17,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cache import open_store, read_journal
 from data import DataConfig, StreamDataset, read_samples, store_fps
@@ -29,28 +29,35 @@ METRICS = ("lm_ppl", "time_diff", "fluency", "lm_correctness", "lm_accuracy")
 
 @dataclass(frozen=True)
 class EvalSpec:
-    """Everything an eval shard needs (plain values)."""
+    """The settings of ``job=eval`` (``job.*``), declared and checked here once, and all an eval
+    shard needs (plain values)."""
 
     store: str
     data: DataConfig
-    adapter: str
-    llm: str | None
-    output_dir: str
-    threshold: float = 0.0
+    output_dir: str  # results/shard-*.jsonl, summary.json, report.html
+    adapter: str | None = None  # a checkpoint's adapter/ folder (from job=train)
+    llm: str | None = None  # override the base LLM the adapter was trained on (e.g. a local copy)
+    threshold: float = 0.0  # θ on P(","); 0 = plain argmax, as the released evaluation
     max_samples: int | None = None
+    report: bool = True  # write report.html after the merge
+
+    def __post_init__(self) -> None:
+        if not self.adapter:
+            raise ValueError("job=eval needs a trained checkpoint: set job.adapter=<dir>")
 
 
 def _load(spec: EvalSpec) -> tuple[Any, Any, StreamDataset]:
     from models.live import load_trainable
     from models.prompt import encode_conversation
 
+    assert spec.adapter  # checked by EvalSpec
     model, tokenizer = load_trainable(spec.adapter, llm=spec.llm)
     store = open_store(spec.store)
     samples = read_samples(spec.data, fps=store_fps(store))[: spec.max_samples]
     encode = functools.partial(
         encode_conversation,
         tokenizer,
-        frame_tokens=model.cfg.frame_tokens,
+        frame_tokens=model.frame_tokens,
         v_token=model.cfg.v_token,
         stream_loss_weight=model.cfg.stream_loss_weight,
     )
@@ -95,12 +102,15 @@ def eval_shard(spec: EvalSpec, shard: int, shard_count: int) -> int:
     return new
 
 
-def merge(output_dir: str | Path) -> dict[str, Any]:
+def merge(output_dir: str | Path, *, fps: float | None = None) -> dict[str, Any]:
     """Read every shard's results and write ``summary.json``: per metric the mean, count and a
-    95% normal confidence interval of the mean (1.96 standard errors)."""
+    95% normal confidence interval of the mean (1.96 standard errors); ``fps``, the frame rate
+    the samples were evaluated at, is recorded for ``job=report``."""
     out = Path(output_dir)
     records = read_results(out)
     summary: dict[str, Any] = {"samples": len(records)}
+    if fps is not None:
+        summary["fps"] = fps
     for m in METRICS:
         values = [float(r[m]) for r in records.values() if r.get(m) is not None]
         n = len(values)
@@ -119,34 +129,16 @@ def merge(output_dir: str | Path) -> dict[str, Any]:
 
 
 class EvalJob:
-    """``python run.py job=eval store=... data=... model.adapter=CKPT eval.threshold=0.0``"""
+    """``python run.py job=eval store=... data=... job.adapter=CKPT job.threshold=0.0``
 
-    def __init__(
-        self,
-        *,
-        store: str,
-        data: DataConfig,
-        adapter: str | None,
-        llm: str | None,
-        launcher: Launcher,
-        output_dir: str,
-        threshold: float = 0.0,
-        max_samples: int | None = None,
-        report: bool = True,
-    ) -> None:
-        if not adapter:
-            raise ValueError("job=eval needs a trained checkpoint: set model.adapter=<dir>")
-        self.spec = EvalSpec(
-            store=store,
-            data=data,
-            adapter=adapter,
-            llm=llm,
-            output_dir=output_dir,
-            threshold=threshold,
-            max_samples=max_samples,
-        )
+    ``launcher``: where the shards run; every other key is a field of :class:`EvalSpec`.
+    """
+
+    Spec: ClassVar[type[EvalSpec]] = EvalSpec
+
+    def __init__(self, *, launcher: Launcher, **settings: Any) -> None:
+        self.spec = EvalSpec(**settings)
         self.launcher = launcher
-        self.report = report
 
     def run(self) -> int:
         spec = self.spec
@@ -156,15 +148,16 @@ class EvalJob:
         if self.launcher.run(functools.partial(eval_shard, spec), shards) is None:
             print("eval: submitted; merge later with python run.py job=eval ... (same command)")
             return 0
-        summary = merge(spec.output_dir)
+        fps = store_fps(spec.store)  # the rate the samples were aligned at
+        summary = merge(spec.output_dir, fps=fps)
         line = ", ".join(
             f"{m} {summary[m]['mean']:.4g}" for m in METRICS if summary[m]["mean"] is not None
         )
         print(f"eval: {summary['samples']} samples: {line}")
-        if self.report:
+        if spec.report:
             from jobs.report import write_report
 
-            page = write_report(spec.output_dir, fps=store_fps(spec.store))
+            page = write_report(spec.output_dir, fps=fps)
             print(f"eval: report {page}")
         print(f"eval: summary {Path(spec.output_dir).absolute() / 'summary.json'}")
         return 0

@@ -6,21 +6,13 @@ import functools
 import logging
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 from cache import ShardWriter, StoreLayout, VideoEntry, init_store, load_index
-from extract.encoders import (
-    ClipConfig,
-    Encoder,
-    EncoderConfig,
-    SiglipConfig,
-    build_encoder,
-    describe,
-)
-from extract.frames import SeekMode
+from extract.encoders import Encoder, EncoderConfig, build_encoder, describe
 from extract.pipeline import (
     Batching,
     DecodeOptions,
@@ -30,7 +22,7 @@ from extract.pipeline import (
     VideoTask,
 )
 from jobs.extract_ray import RayExtraction
-from jobs.inputs import VideoInput, resolve_videos
+from jobs.inputs import resolve_videos
 from jobs.launchers import Launcher
 from jobs.provenance import provenance
 from jobs.ray_launcher import RayLauncher
@@ -40,22 +32,46 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExtractSpec:
-    """Everything a shard task needs: plain, picklable values (sent to workers as is)."""
+    """The settings of ``job=extract`` (``job.*``), declared and checked here once, and all a
+    shard task needs: plain, picklable values (sent to workers as is). The job fills ``videos``.
+
+    ``layout`` builds the store's :class:`cache.StoreLayout` once the encoder gives the token
+    shape (``job.layout``: dtype, chunk_frames, file_frames, segment_frames).
+    """
 
     store: str
-    videos: tuple[VideoInput, ...]
     encoder: EncoderConfig
-    decode: DecodeOptions
-    batch_frames: int
-    dtype: Literal["float16", "bfloat16"]
-    chunk_frames: int
-    shard_frames: int
-    segment_frames: int
-    commit_interval_s: float
-    retry_failed: bool
-    encode_threads: int | None
+    videos: tuple[VideoTask, ...] = ()
+    videos_root: str | None = None  # ids are paths relative to this (default: the input dir)
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    layout: Callable[..., StoreLayout] = field(
+        default_factory=lambda: functools.partial(StoreLayout)
+    )
+    batch_frames: int = ExtractPipeline.BATCH_FRAMES  # most frames per encoder call
+    # dynamic: encode what is decoded as soon as the encoder is free;
+    # fixed: always wait for batch_frames (bit-reproducible tokens)
+    batching: Batching = ExtractPipeline.BATCHING
+    encode_threads: int | None = None  # torch intra-op threads (None = torch default)
+    # seconds: also commit at least this often (bounds work lost to a kill)
+    commit_interval_s: float = ShardWriter.COMMIT_INTERVAL_S
+    retry_failed: bool = True  # a rerun retries videos that failed before
     progress: bool = True
-    batching: Batching = "dynamic"
+    # launcher=ray only: how extraction uses the cluster (docs/ray.md); None = each shard task
+    # decodes and encodes in its own process, as with the other launchers
+    ray: RayExtraction | None = field(default_factory=RayExtraction)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "videos", tuple(self.videos))
+        if self.batching not in ("dynamic", "fixed"):
+            raise ValueError(f"job.batching must be dynamic or fixed, got {self.batching!r}")
+        self.store_layout(1, 1)  # the chosen geometry fails now, not after the encoder loads
+
+    def store_layout(self, tokens_per_frame: int, dim: int) -> StoreLayout:
+        """The store's layout for the encoder's token shape."""
+        try:
+            return self.layout(tokens_per_frame=tokens_per_frame, dim=dim)
+        except ValueError as e:
+            raise ValueError(f"job.layout: {e}") from None
 
 
 @dataclass
@@ -74,13 +90,20 @@ class ShardResult:
 
 @functools.lru_cache(maxsize=2)
 def cached_encoder(cfg: EncoderConfig) -> Encoder:
-    """The encoder ``cfg`` describes, loaded once per process however many shards it runs (the
-    two most recent configs are kept); ``run_shard`` uses it, and so can a caller that wants the
-    very object the shards encode with (bench/extract.py times it)."""
+    """The encoder for ``cfg``, loaded once per process however many shards it runs."""
     return build_encoder(cfg)
 
 
-def features_of(spec: ExtractSpec, encoder: FrameEncoder) -> dict[str, Any]:
+def _shard_encoder(spec: ExtractSpec, encoder: FrameEncoder | None) -> FrameEncoder:
+    """``encoder``, or else the one loaded in this process; torch gets the run's threads."""
+    if spec.encode_threads:
+        import torch
+
+        torch.set_num_threads(spec.encode_threads)
+    return encoder or cached_encoder(spec.encoder)
+
+
+def features_of(spec: ExtractSpec, encoder: FrameEncoder, layout: StoreLayout) -> dict[str, Any]:
     """What determines the numbers in the store (a store refuses runs that differ)."""
     return {
         "encoder": describe(spec.encoder),
@@ -97,7 +120,7 @@ def features_of(spec: ExtractSpec, encoder: FrameEncoder) -> dict[str, Any]:
         "tokens": f"[CLS] + {encoder.pool}x{encoder.pool} avg-pooled patch grid, row-major",
         "tokens_per_frame": encoder.tokens_per_frame,
         "dim": encoder.dim,
-        "dtype": spec.dtype,
+        "dtype": layout.dtype,
     }
 
 
@@ -124,7 +147,7 @@ def shard_todo(
         ):
             skipped += 1
         else:
-            todo.append(VideoTask(v.video_id, v.path))
+            todo.append(v)
     return todo, skipped
 
 
@@ -145,35 +168,48 @@ def run_shard(
     """
     t0, started_at = time.perf_counter(), time.time()
     todo, skipped = shard_todo(spec, shard, shard_count)
-    result = ShardResult(shard, shard_count, assigned=len(todo) + skipped, skipped=skipped)
-    result.started_at = started_at
+    result = ShardResult(shard, shard_count, len(todo) + skipped, skipped, started_at=started_at)
     if not todo:
         return result
-    if spec.encode_threads:
-        import torch
-
-        torch.set_num_threads(spec.encode_threads)
-    enc: FrameEncoder = encoder or cached_encoder(spec.encoder)
-    layout = StoreLayout(
-        tokens_per_frame=enc.tokens_per_frame,
-        dim=enc.dim,
-        dtype=spec.dtype,
-        chunk_frames=spec.chunk_frames,
-        shard_frames=spec.shard_frames,
-        segment_frames=spec.segment_frames,
-    )
+    enc = _shard_encoder(spec, encoder)
+    layout = spec.store_layout(enc.tokens_per_frame, enc.dim)
     prov = {**provenance(), "encoder": enc.provenance, "autocast": enc.autocast}
-    init_store(spec.store, layout=layout, features=features_of(spec, enc), provenance=prov)
-    bar = _progress(len(todo), shard, shard_count, enabled=spec.progress)
-    frames_t0 = time.perf_counter()
+    init_store(spec.store, layout=layout, features=features_of(spec, enc, layout), provenance=prov)
+    tally = _Tally(result, _progress(len(todo), shard, shard_count, enabled=spec.progress))
+    with ShardWriter(
+        spec.store, shard, commit_interval_s=spec.commit_interval_s, provenance=prov
+    ) as writer:
+        pipe = ExtractPipeline(
+            enc,
+            writer,
+            decode=spec.decode,
+            batch_frames=spec.batch_frames,
+            batching=spec.batching,
+            out_dtype=layout.dtype,
+            on_event=tally,
+            source=source,
+        )
+        pipe.run(todo)
+    tally.bar.close()
+    result.seconds = time.perf_counter() - t0
+    return result
 
-    def on_event(kind: str, video_id: str, frames: int) -> None:
+
+class _Tally:
+    """Counts the pipeline's events into a :class:`ShardResult` and a progress bar."""
+
+    def __init__(self, result: ShardResult, bar: Any) -> None:
+        self.result, self.bar = result, bar
+        self.t0 = time.perf_counter()
+
+    def __call__(self, kind: str, video_id: str, frames: int) -> None:
+        result, bar = self.result, self.bar
         if kind == "frames":
             if result.first_frame_at is None:
                 result.first_frame_at = time.time()
             result.frames += frames
             bar.set_postfix(
-                fps=f"{result.frames / max(1e-9, time.perf_counter() - frames_t0):.1f}",
+                fps=f"{result.frames / max(1e-9, time.perf_counter() - self.t0):.1f}",
                 failed=result.failed,
                 refresh=False,
             )
@@ -185,24 +221,6 @@ def run_shard(
             bar.set_postfix(failed=result.failed, refresh=False)
             bar.update(1)
 
-    with ShardWriter(
-        spec.store, shard, commit_interval_s=spec.commit_interval_s, provenance=prov
-    ) as writer:
-        pipe = ExtractPipeline(
-            enc,
-            writer,
-            decode=spec.decode,
-            batch_frames=spec.batch_frames,
-            batching=spec.batching,
-            out_dtype=spec.dtype,
-            on_event=on_event,
-            source=source,
-        )
-        pipe.run(todo)
-    bar.close()
-    result.seconds = time.perf_counter() - t0
-    return result
-
 
 def _progress(total: int, shard: int, shard_count: int, *, enabled: bool) -> Any:
     from tqdm import tqdm
@@ -212,72 +230,18 @@ def _progress(total: int, shard: int, shard_count: int, *, enabled: bool) -> Any
 
 
 class ExtractJob:
-    """``python run.py job=extract videos=... store=... encoder=siglip|clip``."""
+    """``python run.py job=extract videos=... store=... encoder=siglip|clip``.
 
-    def __init__(
-        self,
-        *,
-        videos: str,
-        store: str,
-        encoder: SiglipConfig | ClipConfig,
-        launcher: Launcher,
-        videos_root: str | None = None,
-        fps: float = 2.0,
-        size: int | None = None,
-        batch_frames: int = 32,
-        batching: Batching = "dynamic",
-        dtype: Literal["float16", "bfloat16"] = "float16",
-        decode_threads: int = 1,
-        decode_chunk_frames: int = 8,
-        decode_budget_mb: float = 256.0,
-        decode_device: str = "cpu",
-        seek_mode: SeekMode = "exact",
-        queue_chunks: int = 16,
-        encode_threads: int | None = None,
-        chunk_frames: int = 8,
-        shard_frames: int = 1024,
-        segment_frames: int = 4096,
-        commit_interval_s: float = 60.0,
-        retry_failed: bool = True,
-        progress: bool = True,
-        ray: RayExtraction | None = RayExtraction(),  # noqa: B008 - frozen: safe to share
-    ) -> None:
-        if fps <= 0:
-            raise ValueError(f"job.fps must be > 0, got {fps}")
-        if dtype not in ("float16", "bfloat16"):
-            raise ValueError(f"job.dtype must be float16 or bfloat16, got {dtype!r}")
-        if batching not in ("dynamic", "fixed"):
-            raise ValueError(f"job.batching must be dynamic or fixed, got {batching!r}")
+    ``launcher``: where shards run; ``videos``: the ``videos=`` argument (a directory, a list file
+    or a glob); every other key is a field of :class:`ExtractSpec`.
+    """
+
+    Spec: ClassVar[type[ExtractSpec]] = ExtractSpec
+
+    def __init__(self, *, launcher: Launcher, videos: str, **settings: Any) -> None:
         self.launcher = launcher
-        self.ray = ray  # with launcher=ray: how decode and encode use the cluster (None: in-shard)
         self.videos = videos
-        self.videos_root = videos_root
-        self.store = store
-        self._spec_args = dict(
-            store=str(store),
-            encoder=encoder,
-            decode=DecodeOptions(
-                fps=fps,
-                size=size,
-                chunk_frames=decode_chunk_frames,
-                budget_mb=decode_budget_mb,
-                threads=decode_threads,
-                seek_mode=seek_mode,
-                device=decode_device,
-                queue_chunks=queue_chunks,
-            ),
-            batch_frames=batch_frames,
-            batching=batching,
-            dtype=dtype,
-            chunk_frames=chunk_frames,
-            shard_frames=shard_frames,
-            segment_frames=segment_frames,
-            commit_interval_s=commit_interval_s,
-            retry_failed=retry_failed,
-            encode_threads=encode_threads,
-            progress=progress,
-        )
-        StoreLayout(1, 1, dtype, chunk_frames, shard_frames, segment_frames)  # validate early
+        self.spec = ExtractSpec(**settings)
 
     def run(self) -> int:
         summary = self.execute()
@@ -289,8 +253,8 @@ class ExtractJob:
     def execute(self) -> dict[str, Any] | None:
         """Run the extraction; the summary (``None`` when the launcher only submitted)."""
         t0, submitted_at = time.perf_counter(), time.time()
-        inputs = resolve_videos(self.videos, self.videos_root)
-        spec = ExtractSpec(videos=tuple(inputs), **self._spec_args)  # type: ignore[arg-type]
+        inputs = resolve_videos(self.videos, self.spec.videos_root)
+        spec = replace(self.spec, videos=tuple(inputs))
         known = indexed_videos(spec.store)  # read once here, not once per shard
         before = {vid: e.status for vid, e in known.items()}
         shards = min(self._shard_count(), len(inputs))
@@ -314,8 +278,8 @@ class ExtractJob:
         return summary
 
     def _shard_count(self) -> int:
-        if self.ray is not None and isinstance(self.launcher, RayLauncher):
-            return self.ray.shard_count(self.launcher)
+        if self.spec.ray is not None and isinstance(self.launcher, RayLauncher):
+            return self.spec.ray.shard_count(self.launcher)
         return self.launcher.shard_count
 
     def _launch(
@@ -325,14 +289,14 @@ class ExtractJob:
         started (no cluster, no model to load). On Ray, ``job.ray`` says how shards decode and
         encode; elsewhere (or ``job.ray=null``) each shard does both in its own process."""
         fn = functools.partial(run_shard, spec)
-        if self.ray is not None and isinstance(self.launcher, RayLauncher):
-            return self.ray.run(self.launcher, fn, spec, shards, pending)
+        if spec.ray is not None and isinstance(self.launcher, RayLauncher):
+            return spec.ray.run(self.launcher, fn, spec, shards, pending)
         return self.launcher.run(fn, shards, pending)
 
 
 def summarize(
     store: str,
-    inputs: list[VideoInput],
+    inputs: list[VideoTask],
     before: dict[str, str],
     results: Sequence[ShardResult | None],
     wall_seconds: float,

@@ -75,12 +75,12 @@ def probe_video(path: str, video_id: str, size: int, opts: DecodeOptions) -> dic
     """Open a video as a decode task would and return its index record and chunk size.
 
     Runs as a Ray task: the record (incl. ``num_frames``) is what the local source gives, and
-    ``chunk_frames`` is the reader's memory-capped chunk, so remote chunks match local ones.
+    ``frames_per_call`` is the reader's memory-capped chunk, so remote chunks match local ones.
     """
     reader = open_reader(path, size, opts)
     record = probe_record(VideoTask(video_id, Path(path)), reader.probe, opts.fps)
     record["num_frames"] = reader.num_frames
-    return {"record": record, "chunk_frames": reader.chunk_frames}
+    return {"record": record, "frames_per_call": reader.frames_per_call}
 
 
 def decode_range(
@@ -156,13 +156,13 @@ class RayVideo:
         task: VideoTask,
         size: int,
         record: dict[str, Any],
-        chunk_frames: int,
+        frames_per_call: int,
     ) -> None:
         self.source = source
         self.task = task
         self.size = size
         self.record = record
-        self.chunk_frames = chunk_frames
+        self.frames_per_call = frames_per_call
         self.in_flight: collections.deque[Any] = collections.deque()
         self.submitted = 0
         self.peak_in_flight = 0
@@ -180,7 +180,7 @@ class RayVideo:
             num_cpus=src.decode_num_cpus, max_retries=src.max_retries
         )
         n = int(self.record["num_frames"])
-        starts = iter(range(start_frame, n, self.chunk_frames))
+        starts = iter(range(start_frame, n, self.frames_per_call))
         path = str(self.task.path)
 
         def fill() -> None:
@@ -188,7 +188,7 @@ class RayVideo:
                 lo = next(starts, None)
                 if lo is None:
                     return
-                hi = min(lo + self.chunk_frames, n)
+                hi = min(lo + self.frames_per_call, n)
                 self.in_flight.append(decode.remote(path, self.size, src.opts, lo, hi))
                 self.submitted += 1
                 self.peak_in_flight = max(self.peak_in_flight, len(self.in_flight))
@@ -231,7 +231,7 @@ class RaySource:
             num_cpus=self.decode_num_cpus, max_retries=self.max_retries
         )
         info = _get_decoded(ray, probe.remote(str(task.path), task.video_id, size, self.opts))
-        return RayVideo(self, task, size, info["record"], int(info["chunk_frames"]))
+        return RayVideo(self, task, size, info["record"], int(info["frames_per_call"]))
 
 
 # -- encoding in Ray actors --------------------------------------------------------------------
@@ -413,7 +413,7 @@ class RayExtraction:
     def _check_spec(self, spec: ExtractSpec) -> None:
         if spec.decode.device != "cpu":
             raise ValueError(
-                "job.decode_device must be cpu with launcher=ray (decode tasks request no GPU)"
+                "job.decode.device must be cpu with launcher=ray (decode tasks request no GPU)"
             )
         if str(getattr(spec.encoder, "device", "auto")).startswith("cuda") and not (
             self.encoder_num_gpus > 0

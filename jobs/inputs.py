@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from cache import video_id_for
+from extract.pipeline import VideoTask
 
 VIDEO_EXTENSIONS = frozenset(
     {
@@ -27,13 +27,7 @@ VIDEO_EXTENSIONS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class VideoInput:
-    video_id: str
-    path: Path
-
-
-def resolve_videos(videos: str, root: str | None = None) -> list[VideoInput]:
+def resolve_videos(videos: str, root: str | None = None) -> list[VideoTask]:
     """Expand ``videos`` (a directory, a text file of paths, or a glob) into sorted inputs.
 
     Ids are paths relative to ``root``: by default the directory itself, the glob's fixed
@@ -72,7 +66,7 @@ def resolve_videos(videos: str, root: str | None = None) -> list[VideoInput]:
             f"(extensions: {', '.join(sorted(VIDEO_EXTENSIONS))})"
         )
     base = Path(root).expanduser() if root else default_root
-    out: dict[str, VideoInput] = {}
+    out: dict[str, VideoTask] = {}
     for path in sorted(set(paths)):
         vid = video_id_for(path, base)
         if vid in out:
@@ -80,7 +74,7 @@ def resolve_videos(videos: str, root: str | None = None) -> list[VideoInput]:
                 f"two inputs map to video id {vid!r}: {out[vid].path} and {path} "
                 "(ids drop the extension); rename one or split the inputs"
             )
-        out[vid] = VideoInput(vid, path)
+        out[vid] = VideoTask(vid, path)
     return [out[k] for k in sorted(out)]
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cache import read_journal
 
@@ -153,12 +154,36 @@ def _fmt_ci(ci: Any) -> str:
     return "–" if not ci else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
 
 
-class ReportJob:
-    """``python run.py job=report job.output_dir=EVAL_RUN`` re-renders an eval run's report."""
+@dataclass(frozen=True)
+class ReportSpec:
+    """The settings of ``job=report`` (``job.*``)."""
 
-    def __init__(self, *, output_dir: str, fps: float = 2.0) -> None:
-        self.output_dir, self.fps = output_dir, fps
+    output_dir: str  # an eval run's folder (holding summary.json)
+    fps: float | None = None  # None: the rate the eval run recorded in summary.json
+
+
+def recorded_fps(output_dir: str | Path) -> float:
+    """The frame rate an eval run was evaluated at (``summary.json``'s ``fps``)."""
+    path = Path(output_dir) / "summary.json"
+    fps = json.loads(path.read_text()).get("fps")
+    if fps is None:
+        raise ValueError(f"{path} records no fps (an older eval run): set job.fps=<its rate>")
+    return float(fps)
+
+
+class ReportJob:
+    """``python run.py job=report job.output_dir=EVAL_RUN`` re-renders an eval run's report.
+
+    Every key is a field of :class:`ReportSpec`.
+    """
+
+    Spec: ClassVar[type[ReportSpec]] = ReportSpec
+
+    def __init__(self, **settings: Any) -> None:
+        self.spec = ReportSpec(**settings)
 
     def run(self) -> int:
-        print(f"report: {write_report(self.output_dir, fps=self.fps)}")
+        spec = self.spec
+        fps = spec.fps if spec.fps is not None else recorded_fps(spec.output_dir)
+        print(f"report: {write_report(spec.output_dir, fps=fps)}")
         return 0

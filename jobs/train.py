@@ -13,15 +13,17 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from cache import open_store, read_store_attrs
 from data import DataConfig, StreamDataset, read_samples, store_fps
+from extract.encoders import autocast_context
 from jobs.launchers import Launcher
 from models.live import LiveConfig, build_live, save_trainable, trainable_parameters
 from models.prompt import encode_conversation
@@ -29,26 +31,27 @@ from models.prompt import encode_conversation
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Everything a training rank needs (plain values, picklable to workers and SLURM tasks)."""
+    """The settings of ``job=train`` (``job.*``), declared and checked here once, and all a
+    training rank needs (plain values, picklable to workers and SLURM tasks)."""
 
     store: str
     data: DataConfig
     model: LiveConfig
-    output_dir: str
+    output_dir: str  # checkpoints/, tensorboard/; rerunning resumes from here
     max_steps: int
     lr: float = 2e-4
-    warmup_ratio: float = 0.05
+    warmup_ratio: float = 0.05  # cosine schedule after a linear warmup
     weight_decay: float = 0.0
-    grad_accum: int = 8
+    grad_accum: int = 8  # samples per optimizer step per rank (batch 1 each, as the reference)
     max_grad_norm: float = 1.0
-    save_every: int = 500
-    log_every: int = 10
-    num_workers: int = 2
+    save_every: int = 500  # optimizer steps between checkpoints
+    log_every: int = 10  # TensorBoard scalars every N steps
+    num_workers: int = 2  # DataLoader workers reading Zarr windows concurrently
     seed: int = 42
-    world_size: int = 1
-    autocast: str = "auto"
+    world_size: int = 1  # DDP ranks (local: processes; SLURM: tasks of one job, one GPU each)
+    autocast: str = "auto"  # auto (bf16 on GPU, off on CPU) | off | bfloat16 | float16
     progress: bool = True
-    losses_file: str | None = None  # per-step losses as JSON lines (tests, sweeps)
+    losses_file: str | None = None  # also append per-step losses as JSON lines (tests, sweeps)
     stop_after: int | None = None  # stop at this step as if preempted (tests)
 
 
@@ -106,7 +109,7 @@ class Trainer:
             functools.partial(
                 encode_conversation,
                 self.tokenizer,
-                frame_tokens=spec.model.frame_tokens,
+                frame_tokens=self.model.frame_tokens,
                 v_token=spec.model.v_token,
                 stream_loss_weight=spec.model.stream_loss_weight,
             ),
@@ -178,8 +181,8 @@ class Trainer:
         totals = {"loss": 0.0, "lm_loss": 0.0, "stream_loss": 0.0, "frames": 0.0}
         for i, sample in enumerate(micro):
             sync = i == len(micro) - 1
-            ctx = self.ddp.no_sync() if self.world > 1 and not sync else _nullcontext()
-            with ctx, self._autocast():
+            ctx = self.ddp.no_sync() if self.world > 1 and not sync else nullcontext()
+            with ctx, autocast_context(self.spec.autocast, self.device):
                 out = self.ddp(
                     sample["input_ids"].to(self.device),
                     sample["frames"].to(self.device),
@@ -197,14 +200,6 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return self._reduce(totals)
-
-    def _autocast(self) -> Any:
-        mode = self.spec.autocast
-        if mode == "auto":
-            mode = "bfloat16" if self.device.type == "cuda" else "off"
-        if mode == "off":
-            return _nullcontext()
-        return torch.autocast(self.device.type, dtype=getattr(torch, mode))
 
     def _reduce(self, totals: dict[str, float]) -> dict[str, float]:
         if self.world == 1:
@@ -314,14 +309,6 @@ class Trainer:
             dist.destroy_process_group()
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def train_rank(spec: TrainSpec, rank: int, world: int) -> dict[str, Any]:
     """Run one rank (MASTER_ADDR/MASTER_PORT set by the launcher when world > 1)."""
     trainer = Trainer(spec, rank, world)
@@ -334,48 +321,33 @@ def train_rank(spec: TrainSpec, rank: int, world: int) -> dict[str, Any]:
 
 
 class TrainJob:
-    """``python run.py job=train store=... data=<format> data.annotations=... model.llm=...``"""
+    """``python run.py job=train store=... data=<format> data.annotations=... model.llm=...``
 
-    def __init__(
-        self,
-        *,
-        store: str,
-        data: DataConfig,
-        model: dict[str, Any],
-        launcher: Launcher,
-        output_dir: str,
-        **train: Any,
-    ) -> None:
-        known = {f.name for f in fields(TrainSpec)} - {"store", "data", "model", "output_dir"}
-        unknown = sorted(set(train) - known)
-        if unknown:
-            raise TypeError(f"unknown train option(s) {unknown}; valid: {sorted(known)}")
-        self.store, self.data, self.model_cfg = store, data, dict(model)
-        self.launcher, self.output_dir, self.train = launcher, output_dir, train
+    ``launcher``: where the ranks run; every other key is a field of :class:`TrainSpec`.
+    """
+
+    Spec: ClassVar[type[TrainSpec]] = TrainSpec
+
+    def __init__(self, *, launcher: Launcher, **settings: Any) -> None:
+        self.launcher = launcher
+        self.settings = TrainSpec(**settings)
 
     def spec(self) -> TrainSpec:
-        attrs = read_store_attrs(self.store)["layout"]  # not the whole index
-        model = dict(self.model_cfg)
-        if model.pop("adapter", None):
-            raise ValueError("model.adapter is for job=eval/stream; training starts a new adapter")
+        """The settings with the model's input shape taken from the store's features."""
+        attrs = read_store_attrs(self.settings.store)["layout"]  # not the whole index
+        model = self.settings.model
         # The cached features decide the connector's input: take them from the store.
-        model["vision_dim"] = model.get("vision_dim") or attrs["dim"]
-        model["frame_tokens"] = model.get("frame_tokens") or attrs["tokens_per_frame"]
-        if (model["vision_dim"], model["frame_tokens"]) != (
-            attrs["dim"],
-            attrs["tokens_per_frame"],
-        ):
+        model = replace(
+            model,
+            vision_dim=model.vision_dim or attrs["dim"],
+            frame_tokens=model.frame_tokens or attrs["tokens_per_frame"],
+        )
+        if (model.vision_dim, model.frame_tokens) != (attrs["dim"], attrs["tokens_per_frame"]):
             raise ValueError(
-                f"model.vision_dim/frame_tokens = {model['vision_dim']}/{model['frame_tokens']} "
+                f"model.vision_dim/frame_tokens = {model.vision_dim}/{model.frame_tokens} "
                 f"but the store holds {attrs['tokens_per_frame']} x {attrs['dim']} tokens per frame"
             )
-        return TrainSpec(
-            store=self.store,
-            data=self.data,
-            model=LiveConfig(**model),
-            output_dir=self.output_dir,
-            **self.train,
-        )
+        return replace(self.settings, model=model)
 
     def run(self) -> int:
         spec = self.spec()

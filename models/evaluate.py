@@ -144,7 +144,7 @@ def trim_cache(cache: Any, length: int) -> None:
 def frame_ids(model: LiveModel, num_frames: int) -> torch.Tensor:
     """The ids of ``num_frames`` frames as they continue a stream: ``,`` then ``frame_tokens``
     ``<v>`` for each (the template joins frames with ``,``)."""
-    one = [model.interval_token_id] + [model.v_token_id] * model.cfg.frame_tokens
+    one = [model.interval_token_id] + [model.v_token_id] * model.frame_tokens
     return torch.tensor(one * num_frames, dtype=torch.long)
 
 
@@ -162,7 +162,7 @@ def future_frame_logits(
     ids = frame_ids(model, k).to(device)
     positions = torch.arange(keep, keep + ids.numel(), device=device).unsqueeze(0)
     out = model(ids, frame_features, position_ids=positions, past_key_values=cache, use_cache=True)
-    step = model.cfg.frame_tokens + 1
+    step = model.frame_tokens + 1
     return out.logits[0, step - 1 :: step]
 
 
@@ -375,10 +375,10 @@ def evaluate_sample(
         raise ValueError(
             f"{frame_features.shape[0]} frames of features for a sample of {sample.num_frames}"
         )
-    if sample.frame_tokens != model.cfg.frame_tokens:
+    if sample.frame_tokens != model.frame_tokens:
         raise ValueError(
             f"the sample has {sample.frame_tokens} tokens per frame, the model"
-            f" {model.cfg.frame_tokens} (model.frame_tokens)"
+            f" {model.frame_tokens} (model.frame_tokens)"
         )
     was_training = model.training
     model.eval()

@@ -41,9 +41,9 @@ class LiveConfig:
     peft module-name suffixes (``"lm_head"`` included: the reference adapts it too).
     ``attn_implementation`` is passed to ``from_pretrained`` (None = transformers' default)."""
 
-    llm: str
-    vision_dim: int
-    frame_tokens: int = 10
+    llm: str  # a hub id or a local directory
+    vision_dim: int | None  # None: set by job=train from the store's token width
+    frame_tokens: int | None = 10  # None: set by job=train from the store's tokens per frame
     v_token: str = "<v>"
     lora_r: int = 128
     lora_alpha: int = 256
@@ -59,10 +59,10 @@ class LiveConfig:
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         if not self.llm:
             raise ValueError("model.llm is empty: set it to a hub id or a local model directory")
-        if self.vision_dim < 1:
-            raise ValueError(f"model.vision_dim must be >= 1, got {self.vision_dim}")
-        if self.frame_tokens < 1:
-            raise ValueError(f"model.frame_tokens must be >= 1, got {self.frame_tokens}")
+        for name in ("vision_dim", "frame_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {value}")
         if not self.v_token:
             raise ValueError("model.v_token must be a non-empty string such as '<v>'")
         if self.dtype not in DTYPES:
@@ -131,6 +131,14 @@ def live_loss(
     )
 
 
+def feature_shape(cfg: LiveConfig) -> tuple[int, int]:
+    """``(vision_dim, frame_tokens)``, which a model needs set (job=train takes them from the
+    store when the config leaves them ``None``)."""
+    if cfg.vision_dim is None or cfg.frame_tokens is None:
+        raise ValueError("model.vision_dim and model.frame_tokens must be set to build a model")
+    return cfg.vision_dim, cfg.frame_tokens
+
+
 def build_connector(vision_dim: int, hidden_size: int) -> nn.Sequential:
     """``Linear(vision_dim -> H), GELU, Linear(H -> H)`` — the reference's connector, with the same
     submodule names (``0.*``, ``2.*``) so its state dicts map one to one. Exact (erf) GELU, as the
@@ -156,6 +164,7 @@ class LiveModel(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.vision_dim, self.frame_tokens = feature_shape(cfg)
         # Any: a peft PeftModel (typed loosely; its methods are forwarded to the base model).
         self.llm: Any = llm
         self.connector = connector
@@ -179,18 +188,18 @@ class LiveModel(nn.Module):
                 raise ValueError(f"input_ids hold {n_v} <v> placeholders but no frame_features")
             return embeds
         if frame_features.dim() not in (3, 4) or frame_features.shape[-2:] != (
-            self.cfg.frame_tokens,
-            self.cfg.vision_dim,
+            self.frame_tokens,
+            self.vision_dim,
         ):
             raise ValueError(
-                f"frame_features must be (F, {self.cfg.frame_tokens}, {self.cfg.vision_dim}) or"
-                f" (B, F, {self.cfg.frame_tokens}, {self.cfg.vision_dim}) (model.frame_tokens,"
+                f"frame_features must be (F, {self.frame_tokens}, {self.vision_dim}) or"
+                f" (B, F, {self.frame_tokens}, {self.vision_dim}) (model.frame_tokens,"
                 f" model.vision_dim), got {tuple(frame_features.shape)}"
             )
-        tokens = frame_features.reshape(-1, self.cfg.vision_dim)
+        tokens = frame_features.reshape(-1, self.vision_dim)
         if tokens.shape[0] != n_v:
             raise ValueError(
-                f"{tokens.shape[0] // self.cfg.frame_tokens} frames"
+                f"{tokens.shape[0] // self.frame_tokens} frames"
                 f" ({tokens.shape[0]} feature tokens) for {n_v} <v> placeholders in input_ids"
             )
         first = next(self.connector.parameters())
@@ -289,7 +298,7 @@ def _load_base(cfg: LiveConfig) -> tuple[Any, Any, dict[str, int]]:
 
 def _connector_for(cfg: LiveConfig, llm: Any) -> nn.Sequential:
     hidden = llm.get_input_embeddings().weight.shape[1]
-    connector = build_connector(cfg.vision_dim, hidden)
+    connector = build_connector(feature_shape(cfg)[0], hidden)
     # Float32 unless the whole model was asked to be half precision; the LLM's dtype is applied
     # to the connector output in LiveModel.embed.
     if cfg.dtype in ("bfloat16", "float16"):

@@ -155,7 +155,7 @@ class StreamingSession:
         self.max_reply_tokens = max_reply_tokens
         self.kv = kv
         self.device = next(model.parameters()).device
-        self.frame_tokens = model.cfg.frame_tokens
+        self.frame_tokens = model.frame_tokens
         system_text = (tokenizer.bos_token or "") + system + "\n"
         self.sink_tokens = len(self._tokenize(system_text)) if sink_tokens is None else sink_tokens
         self.window_tokens = window_tokens

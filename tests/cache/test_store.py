@@ -47,7 +47,7 @@ def write_video(w: ShardWriter, video: int, n: int, step: int = 7) -> None:
 
 
 def test_round_trip_windows_across_segments(tmp_path: Path) -> None:
-    root = make_store(tmp_path / "s.zarr", chunk_frames=4, shard_frames=8, segment_frames=16)
+    root = make_store(tmp_path / "s.zarr", chunk_frames=4, file_frames=8, segment_frames=16)
     with ShardWriter(root, 0) as w:
         for v, n in [(1, 3), (2, 40), (3, 1), (4, 17)]:
             write_video(w, v, n)
@@ -135,7 +135,7 @@ def test_one_writer_per_shard(tmp_path: Path) -> None:
 def test_readable_by_tensorstore(tmp_path: Path) -> None:
     import tensorstore as ts
 
-    root = make_store(tmp_path / "s.zarr", chunk_frames=4, shard_frames=8, segment_frames=16)
+    root = make_store(tmp_path / "s.zarr", chunk_frames=4, file_frames=8, segment_frames=16)
     with ShardWriter(root, 0) as w:
         write_video(w, 1, 5)
         write_video(w, 2, 30)
@@ -154,6 +154,8 @@ def test_readable_by_tensorstore(tmp_path: Path) -> None:
         np.testing.assert_array_equal(np.concatenate(parts), s.read(vid)[0])
     meta = json.loads((root / "zarr.json").read_text())
     assert meta["node_type"] == "group" and meta["attributes"]["streamfeat"]["layout"]["dim"] == D
+    # The format's name for frames per file stays "shard_frames" (StoreLayout.file_frames).
+    assert meta["attributes"]["streamfeat"]["layout"]["shard_frames"] == 8
 
 
 def test_torn_journal_tail_and_orphans_are_ignored_then_repaired(tmp_path: Path) -> None:
@@ -183,7 +185,7 @@ def _writer_process(root: str, n_videos: int, frames_per_video: int) -> None:
 
 def test_kill_9_never_leaves_a_partial_video_done(tmp_path: Path) -> None:
     """SIGKILL a writer at several moments; whatever the index says is done must read back whole."""
-    root = make_store(tmp_path / "s.zarr", chunk_frames=2, shard_frames=4, segment_frames=8)
+    root = make_store(tmp_path / "s.zarr", chunk_frames=2, file_frames=4, segment_frames=8)
     ctx = mp.get_context("spawn")
     seen_done: list[int] = []
     journal = root / "index" / "shard-00000.jsonl"

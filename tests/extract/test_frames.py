@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from extract.frames import FrameReader, resize_pad, sample_times
+from extract.frames import DecodeOptions, FrameReader, resize_pad, sample_times
 from extract.samples import GeneratedVideo, make_vfr_video, make_video, read_index, unprivileged
 
 
@@ -49,7 +49,7 @@ def content(frame: torch.Tensor, w: int, h: int, size: int) -> torch.Tensor:
 
 
 def check_sampling(video: GeneratedVideo, size: int = 384) -> None:
-    reader = FrameReader(video.path, fps=2.0, size=size, chunk_frames=5)
+    reader = FrameReader(video.path, size=size, decode=DecodeOptions(fps=2.0, frames_per_call=5))
     assert (reader.probe.width, reader.probe.height) == (video.width, video.height)
     src = np.array(video.pts_seconds)
     assert reader.probe.begin_stream_seconds == pytest.approx(src[0], abs=1e-3)
@@ -90,15 +90,16 @@ def test_variable_frame_rate(tmp_path: Path) -> None:
 
 def test_chunks_resume_from_a_frame(tmp_path: Path) -> None:
     video = make_video(tmp_path / "a.mp4", seconds=4, fps=30, width=64, height=48)
-    reader = FrameReader(video.path, fps=2.0, size=64, chunk_frames=3)
+    reader = FrameReader(video.path, size=64, decode=DecodeOptions(fps=2.0, frames_per_call=3))
     tail = [read_index(content(f, 64, 48, 64)) for fr, _ in reader.chunks(5) for f in fr]
     assert tail == [round(k * 15) for k in range(5, 8)]
 
 
 def test_decode_chunk_is_capped_by_memory_budget(tmp_path: Path) -> None:
     video = make_video(tmp_path / "big.mp4", seconds=1, fps=10, width=640, height=480)
-    reader = FrameReader(video.path, fps=2.0, size=64, chunk_frames=32, budget_mb=2.0)
-    assert reader.chunk_frames == 2  # 2 MiB / (640 * 480 * 3 bytes) frames
+    opts = DecodeOptions(fps=2.0, frames_per_call=32, budget_mb=2.0)
+    reader = FrameReader(video.path, size=64, decode=opts)
+    assert reader.frames_per_call == 2  # 2 MiB / (640 * 480 * 3 bytes) frames
 
 
 def test_unreadable_file_is_reported_as_permission_denied() -> None:
@@ -114,6 +115,6 @@ def test_unreadable_file_is_reported_as_permission_denied() -> None:
         with unprivileged():  # as root, chmod 000 would not stop reads
             assert os.geteuid() != 0, "could not drop privileges"
             with pytest.raises(ValueError, match="permission denied"):
-                FrameReader(video.path, fps=2.0, size=64)
+                FrameReader(video.path, size=64, decode=DecodeOptions(fps=2.0))
     finally:
         shutil.rmtree(d)

@@ -82,7 +82,7 @@ def run_fake(
     pipe = ExtractPipeline(
         FakeEncoder(encode_delay),
         sink,
-        decode=DecodeOptions(chunk_frames=2, queue_chunks=64),
+        decode=DecodeOptions(frames_per_call=2, queue_chunks=64),
         batch_frames=8,
         batching=batching,
         source=lambda task, size: videos[task.video_id],
@@ -131,7 +131,7 @@ def test_dynamic_and_fixed_tokens_agree_on_a_real_video(tmp_path: Path, tiny_sig
     for mode in ("dynamic", "fixed"):
         sink = ArraySink()
         pipe = ExtractPipeline(
-            encoder, sink, decode=DecodeOptions(chunk_frames=3), batch_frames=5, batching=mode
+            encoder, sink, decode=DecodeOptions(frames_per_call=3), batch_frames=5, batching=mode
         )
         pipe.run([VideoTask("v", path)])
         got[mode] = np.concatenate(sink.tokens)
@@ -177,7 +177,7 @@ def test_non_finite_tokens_fail_their_video_only(
     ExtractPipeline(
         ScaledEncoder(scale),
         sink,
-        decode=DecodeOptions(chunk_frames=2),
+        decode=DecodeOptions(frames_per_call=2),
         batch_frames=4,
         batching="fixed",
         out_dtype=dtype,  # type: ignore[arg-type]

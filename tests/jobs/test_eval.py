@@ -13,6 +13,7 @@ import pytest
 from data import DataConfig
 from jobs.eval import EvalJob, merge
 from jobs.launchers import LocalLauncher
+from jobs.report import ReportJob
 from jobs.train import train_rank
 from tests.jobs.cli import run_cli
 from tests.jobs.test_train import make_store, spec_for, write_chat
@@ -83,7 +84,7 @@ def test_sharded_eval_on_slurm_equals_single_process(
     eval_job(store, ann, adapter, tmp_path / "local", LocalLauncher()).run()
     r = run_cli(
         "job=eval", f"store={store}", "data=chat", f"data.annotations={ann}",
-        f"model.adapter={adapter}", "eval.threshold=0.0", f"job.output_dir={tmp_path / 'slurm'}",
+        f"job.adapter={adapter}", "job.threshold=0.0", f"job.output_dir={tmp_path / 'slurm'}",
         "launcher=slurm", "launcher.shards=2", "launcher.partition=debug",
         "launcher.cpus_per_task=1", "launcher.mem_gb=3", f"launcher.folder={tmp_path / 'logs'}",
         hydra_dir=tmp_path / "h",
@@ -101,10 +102,10 @@ def test_stream_job_inserts_queries_and_records_latency(
     store, _, adapter = trained
     out = tmp_path / "stream"
     r = run_cli(
-        "job=stream", f"store={store}", "video_id=b", f"model.adapter={adapter}",
-        "stream.threshold=0.725", "stream.kv=bounded", "stream.window_tokens=120",
-        "stream.max_reply_tokens=4",
-        "stream.queries=[{t: 2.0, text: 'What am I doing?'}]", f"job.output_dir={out}",
+        "job=stream", f"store={store}", "video_id=b", f"job.adapter={adapter}",
+        "job.threshold=0.725", "job.kv=bounded", "job.window_tokens=120",
+        "job.max_reply_tokens=4",
+        "job.queries=[{t: 2.0, text: 'What am I doing?'}]", f"job.output_dir={out}",
         hydra_dir=tmp_path / "h",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
@@ -121,6 +122,10 @@ def test_report_renders_in_headless_chromium(
     out = tmp_path / "run"
     assert eval_job(store, ann, adapter, out, LocalLauncher(), report=True).run() == 0
     page = out / "report.html"
+    # job=report re-renders it at the rate the eval run recorded.
+    assert json.loads((out / "summary.json").read_text())["fps"] == 2.0
+    first = page.read_text()
+    assert ReportJob(output_dir=str(out)).run() == 0 and page.read_text() == first
     text = page.read_text()
     assert '<table id="metrics">' in text and "frame_diff.png" in text
     for src in [s.split('"')[0] for s in text.split('src="')[1:]]:

@@ -20,13 +20,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from cache import load_index, open_store  # noqa: E402
+from cache import StoreLayout, load_index, open_store  # noqa: E402
 from extract.encoders import SiglipConfig  # noqa: E402
 from extract.pipeline import DecodeOptions, OpenedVideo, VideoTask  # noqa: E402
 from extract.samples import make_video, read_indices  # noqa: E402
 from jobs.extract import ExtractJob, ExtractSpec, ShardResult, run_shard  # noqa: E402
 from jobs.extract_ray import RayExtraction, RaySource, decode_range  # noqa: E402
-from jobs.inputs import VideoInput  # noqa: E402
 from jobs.ray_launcher import RayLauncher  # noqa: E402
 from jobs.verify import verify_store  # noqa: E402
 from tests.jobs.cli import ROOT, run_cli  # noqa: E402
@@ -137,16 +136,16 @@ def ray_cluster() -> Iterator[Any]:
 def _spec(store: Path, videos: list[Path], model: Path) -> ExtractSpec:
     return ExtractSpec(
         store=str(store),
-        videos=tuple(VideoInput(p.stem, p) for p in videos),
+        videos=tuple(VideoTask(p.stem, p) for p in videos),
         encoder=SiglipConfig(pretrained=str(model)),
-        decode=DecodeOptions(fps=2.0, chunk_frames=2),
+        decode=DecodeOptions(fps=2.0, frames_per_call=2),
         # One frame per encoder call: tokens then do not depend on how frames were batched, so
         # a shard resumed mid-video must reproduce the uninterrupted run bit for bit.
         batch_frames=1,
-        dtype="float16",
-        chunk_frames=2,
-        shard_frames=2,
-        segment_frames=2,  # commit every 2 frames: a death mid-video leaves a resumable part
+        # commit every 2 frames: a death mid-video leaves a resumable part
+        layout=functools.partial(
+            StoreLayout, dtype="float16", chunk_frames=2, file_frames=2, segment_frames=2
+        ),
         commit_interval_s=0.0,
         retry_failed=True,
         encode_threads=None,
@@ -343,7 +342,7 @@ def test_decode_window_never_exceeds_max_in_flight(tmp_path: Path, ray_cluster: 
     window = 2
     # 0.5 CPU per decode task: Ray could run 4 at once, so only the window can hold them back.
     src = RaySource(
-        DecodeOptions(fps=2.0, chunk_frames=1),
+        DecodeOptions(fps=2.0, frames_per_call=1),
         decode_num_cpus=0.5,
         max_in_flight=window,
         decode_fn=logged_decode,
@@ -368,7 +367,7 @@ def test_decode_window_never_exceeds_max_in_flight(tmp_path: Path, ray_cluster: 
     assert next(chunks, None) is None
     assert video.submitted == n and video.peak_in_flight == window and not video.in_flight
     # Resume mid-video: decoding starts at the given frame.
-    rest = RaySource(DecodeOptions(fps=2.0, chunk_frames=2))(VideoTask("sq", path), 64)
+    rest = RaySource(DecodeOptions(fps=2.0, frames_per_call=2))(VideoTask("sq", path), 64)
     assert [read_indices(f) for f, _ in rest.chunks(5)] == [[75, 90], [105]]
 
 
@@ -377,12 +376,12 @@ def test_decode_errors_surface_as_value_errors_with_the_reason(
 ) -> None:
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
-    src = RaySource(DecodeOptions(fps=2.0, chunk_frames=1), max_in_flight=2)
+    src = RaySource(DecodeOptions(fps=2.0, frames_per_call=1), max_in_flight=2)
     with pytest.raises(ValueError, match=r"^empty file \(0 bytes\): .*empty\.mp4$"):
         src(VideoTask("empty", empty), 64)
     path = make_video(tmp_path / "ok.mp4", seconds=3.0, width=64, height=64).path
     video = RaySource(
-        DecodeOptions(fps=2.0, chunk_frames=1), max_in_flight=2, decode_fn=failing_decode
+        DecodeOptions(fps=2.0, frames_per_call=1), max_in_flight=2, decode_fn=failing_decode
     )(VideoTask("ok", path), 64)
     got = []
     with pytest.raises(ValueError) as err:

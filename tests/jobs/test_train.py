@@ -210,7 +210,7 @@ def test_train_on_a_store_extracted_at_1_fps(
     store = tmp_path / "feats.zarr"
     r = run_cli(
         "job=extract", f"videos={videos}", f"store={store}", f"encoder.pretrained={tiny_siglip}",
-        "job.fps=1", "job.progress=false", hydra_dir=tmp_path / "h1",
+        "job.decode.fps=1", "job.progress=false", hydra_dir=tmp_path / "h1",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     ann = tmp_path / "chat.json"
