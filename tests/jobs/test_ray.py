@@ -113,7 +113,7 @@ def test_launcher_protocol_and_config() -> None:
     assert isinstance(launcher, RayLauncher) and launcher.address is None
     assert launcher.run(lambda shard, n: shard, 0) == []  # a list, not None: Ray always waits
     job = instantiate(cfg.job, _convert_="all")
-    assert isinstance(job.ray, RayExtraction) and job.ray.encoder_actors == 3
+    assert isinstance(job.spec.ray, RayExtraction) and job.spec.ray.encoder_actors == 3
     assert job._shard_count() == 6  # two shards per encoder actor unless launcher.shards is set
     assert launcher.shard_count == 2  # what a job without a Ray design gets
     with pytest.raises(NotImplementedError, match="job=extract only"):
