@@ -125,3 +125,16 @@ def test_player_shows_the_turns_up_to_the_seek_time(world: dict, tmp_path: Path)
     artifacts = ROOT / ".test-artifacts"
     artifacts.mkdir(exist_ok=True)
     shutil.copy(shot, artifacts / "stream-player.png")
+
+
+def test_a_checkpoint_that_does_not_fit_the_store_is_refused(
+    world: dict, tiny_llm: Path, tmp_path: Path
+) -> None:
+    live1 = save_tiny_videollm_online(tmp_path / "tiny-videollm-online-v1", tiny_llm, vision_dim=64)
+    job = StreamJob(store=str(world["store"]), video_id="clip", adapter=str(live1))
+    with pytest.raises(ValueError, match=r"tokens per frame: model 1, store .*feats.zarr 10"):
+        job.run()
+    wide = save_tiny_videollm_online(tmp_path / "tiny-videollm-online-v1plus", tiny_llm)
+    job = StreamJob(store=str(world["store"]), video_id="clip", adapter=str(wide))
+    with pytest.raises(ValueError, match=r"token width: model 1024, store .*feats.zarr 64"):
+        job.run()
