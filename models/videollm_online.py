@@ -102,6 +102,20 @@ def _frame_tokens(path: Path, name: str, frame_tokens: int | None) -> int:
     )
 
 
+def _check_saved_tokenizer(path: Path, cfg: LiveConfig, v_token_id: int) -> None:
+    """Their saved tokenizer (if any) must put ``<v>`` where the base tokenizer + ``<v>`` does."""
+    if not (path / "tokenizer_config.json").is_file():
+        return
+    from transformers import AutoTokenizer
+
+    saved = AutoTokenizer.from_pretrained(str(path)).convert_tokens_to_ids(cfg.v_token)
+    if saved != v_token_id:
+        raise ValueError(
+            f"{path}: the saved tokenizer puts {cfg.v_token} at id {saved}, the base + <v> at"
+            f" {v_token_id}: it was not trained on {cfg.llm!r}"
+        )
+
+
 def load_videollm_online(
     ref: str | Path,
     *,
@@ -134,16 +148,7 @@ def load_videollm_online(
         dtype=dtype,
     )
     tokenizer, base, ids = _load_base(cfg)
-    if (path / "tokenizer_config.json").is_file():  # their saved tokenizer, <v> included
-        from transformers import AutoTokenizer
-
-        saved = AutoTokenizer.from_pretrained(str(path))
-        if saved.convert_tokens_to_ids(cfg.v_token) != ids["v_token_id"]:
-            raise ValueError(
-                f"{path}: the saved tokenizer puts {cfg.v_token} at id"
-                f" {saved.convert_tokens_to_ids(cfg.v_token)}, the base + <v> at"
-                f" {ids['v_token_id']}: it was not trained on {cfg.llm!r}"
-            )
+    _check_saved_tokenizer(path, cfg, ids["v_token_id"])
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
