@@ -1,8 +1,10 @@
 """Image encoders that turn frames into ``1 + k*k`` tokens: [CLS, k x k pooled patch grid].
 
-An encoder is a config dataclass plus a builder registered for that dataclass. Two
-architectures: SigLIP through transformers (CLS = ``pooler_output``, the attention-pooling head)
-and CLIP ViTs through open_clip (CLS = the class token after ``ln_post``, before projection).
+An encoder is a config dataclass plus a builder registered for that dataclass. Three
+architectures: SigLIP through transformers (CLS = ``pooler_output``, the attention-pooling head),
+SigLIP 2 through transformers (fixed-resolution checkpoints are SigLIP models; NaFlex ones pool
+over the real, aspect-following patch grid: docs/encoders.md) and CLIP ViTs through open_clip
+(CLS = the class token after ``ln_post``, before projection).
 """
 
 from __future__ import annotations
@@ -64,7 +66,27 @@ class ClipConfig:
     autocast: Autocast = "auto"
 
 
-EncoderConfig = SiglipConfig | ClipConfig
+@dataclass(frozen=True)
+class Siglip2Config:
+    """SigLIP 2 via transformers: a fixed-resolution checkpoint (``model_type`` siglip, e.g.
+    ``google/siglip2-so400m-patch16-384``) or a NaFlex one (siglip2, e.g.
+    ``google/siglip2-so400m-patch16-naflex``); ``pretrained``: a hub id or a local directory."""
+
+    pretrained: str = "google/siglip2-so400m-patch16-384"
+    pool: int = 3  # as SiglipConfig.pool
+    # NaFlex only: the patch budget per frame (None = the checkpoint's image processor's, 256)
+    max_num_patches: int | None = None
+    device: str = "auto"
+    autocast: Autocast = "auto"
+
+    def __post_init__(self) -> None:
+        if self.pool < 0:
+            raise ValueError(f"encoder.pool must be >= 0, got {self.pool}")
+        if self.max_num_patches is not None and self.max_num_patches < 1:
+            raise ValueError(f"encoder.max_num_patches must be >= 1, got {self.max_num_patches}")
+
+
+EncoderConfig = SiglipConfig | ClipConfig | Siglip2Config
 
 
 class EncoderLoadError(RuntimeError):
@@ -131,17 +153,32 @@ def pool_tokens(cls_token: torch.Tensor, patches: torch.Tensor, pool: int) -> to
     """
     b, n, c = patches.shape
     grid = math.isqrt(n)
-    if grid * grid != n:
-        raise ValueError(f"patch tokens do not form a square grid: {n} tokens")
     if pool == 0:
         return cls_token[:, None, :]
-    if not 0 < pool <= grid:
+    if grid * grid != n:
+        raise ValueError(f"patch tokens do not form a square grid: {n} tokens")
+    return pool_grid(cls_token, patches, (grid, grid), pool)
+
+
+def pool_grid(
+    cls_token: torch.Tensor, patches: torch.Tensor, grid: tuple[int, int], pool: int
+) -> torch.Tensor:
+    """:func:`pool_tokens` over an ``H x W`` grid: ``patches`` ``(B, >= H*W, C)`` whose first
+    ``H*W`` rows are the grid row-major (rows after them, padding, are ignored); the ``k x k``
+    cells follow ``adaptive_avg_pool2d``'s bins along each axis; ``0 <= pool <= min(H, W)``."""
+    b, n, c = patches.shape
+    h, w = grid
+    if pool == 0:
+        return cls_token[:, None, :]
+    if n < h * w:
+        raise ValueError(f"{n} patch tokens for a {h}x{w} grid")
+    if not 0 < pool <= min(h, w):
+        divisors = [k for k in range(1, min(h, w) + 1) if h % k == 0 and w % k == 0]
         raise ValueError(
-            f"encoder.pool={pool} does not fit the {grid}x{grid} patch grid; valid values: "
-            f"0..{grid} (exact block means for divisors of {grid}: "
-            f"{[k for k in range(1, grid + 1) if grid % k == 0]})"
+            f"encoder.pool={pool} does not fit the {h}x{w} patch grid; valid values: "
+            f"0..{min(h, w)} (exact block means for common divisors of {h} and {w}: {divisors})"
         )
-    x = patches.reshape(b, grid, grid, c).permute(0, 3, 1, 2)
+    x = patches[:, : h * w].reshape(b, h, w, c).permute(0, 3, 1, 2)
     x = torch.nn.functional.adaptive_avg_pool2d(x, pool)
     x = x.flatten(2).transpose(1, 2)  # (B, k*k, C), row by row
     return torch.cat([cls_token[:, None, :], x], dim=1)
@@ -201,18 +238,23 @@ def _is_local(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists()
 
 
+def _checkpoint_source(ref: str, what: str, example: str) -> tuple[bool, str]:
+    """``(is local, what from_pretrained gets)`` for a hub id or a local directory."""
+    if _is_local(ref) and not Path(ref).expanduser().is_dir():
+        raise EncoderLoadError(
+            f"encoder.pretrained={ref!r}: no such directory (a {what} checkpoint folder with "
+            f"config.json, or a hub id like {example})"
+        )
+    local = _is_local(ref)
+    return local, str(Path(ref).expanduser()) if local else ref
+
+
 def build_siglip(cfg: SiglipConfig) -> Encoder:
     """Load a SigLIP vision tower from a hub id or local directory (full SigLIP or vision-only)."""
     from transformers import SiglipVisionModel
 
     ref = cfg.pretrained
-    if _is_local(ref) and not Path(ref).expanduser().is_dir():
-        raise EncoderLoadError(
-            f"encoder.pretrained={ref!r}: no such directory (a SigLIP checkpoint folder with "
-            f"config.json, or a hub id like google/siglip-large-patch16-384)"
-        )
-    local = _is_local(ref)
-    src = str(Path(ref).expanduser()) if local else ref
+    local, src = _checkpoint_source(ref, "SigLIP", "google/siglip-large-patch16-384")
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     with nullcontext() if local else hub_access() as hub:
         try:
@@ -311,9 +353,106 @@ def build_clip(cfg: ClipConfig) -> Encoder:
     )
 
 
+class NaflexEncoder(Encoder):
+    """A SigLIP 2 NaFlex encoder: frames of any ``H x W`` (uint8 ``(B, 3, H, W)``) are resized
+    by the checkpoint's image processor to a patch grid that keeps their aspect ratio within
+    ``max_num_patches``; CLS = ``pooler_output``; the ``k x k`` cells pool the real grid only
+    (docs/encoders.md)."""
+
+    def __init__(self, *, processor: Any, max_num_patches: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.processor = processor
+        self.max_num_patches = max_num_patches
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[1] != 3:
+            raise ValueError(
+                f"expected uint8 (B, 3, H, W) frames, got {pixels.dtype} {tuple(pixels.shape)}"
+            )
+        inputs = self.processor(
+            images=list(pixels.cpu()), max_num_patches=self.max_num_patches, return_tensors="pt"
+        )
+        shapes = inputs["spatial_shapes"]
+        with torch.inference_mode():
+            args = {k: v.to(self.device) for k, v in inputs.items()}
+            with autocast_context(self.autocast, self.device):
+                out = self.module(**args)
+            cls_token, hidden = out.pooler_output.float(), out.last_hidden_state.float()
+            rows = [
+                pool_grid(cls_token[i : i + 1], hidden[i : i + 1], (int(h), int(w)), self.pool)
+                for i, (h, w) in enumerate(shapes.tolist())
+            ]
+            return torch.cat(rows)
+
+
+def build_siglip2(cfg: Siglip2Config) -> Encoder:
+    """A SigLIP 2 checkpoint: fixed-resolution ones (``model_type`` siglip) load as SigLIP;
+    NaFlex ones (siglip2) as :class:`NaflexEncoder`."""
+    from transformers import AutoConfig
+
+    ref = cfg.pretrained
+    example = "google/siglip2-so400m-patch16-naflex"
+    local, src = _checkpoint_source(ref, "SigLIP 2", example)
+    with nullcontext() if local else hub_access() as hub:
+        try:
+            model_type = AutoConfig.from_pretrained(src).model_type
+        except (OSError, ValueError) as e:
+            raise EncoderLoadError(
+                f"cannot load SigLIP 2 config {ref!r}: {' '.join(str(e).split())[:300]}"
+                f"{f' ({hub})' if hub else ''}. "
+                f"Set encoder.pretrained=<hub id or local directory with the checkpoint>"
+            ) from None
+    if model_type in ("siglip", "siglip_vision_model"):
+        sig = SiglipConfig(pretrained=ref, pool=cfg.pool, device=cfg.device, autocast=cfg.autocast)
+        return build_siglip(sig)
+    if model_type not in ("siglip2", "siglip2_vision_model"):
+        raise EncoderLoadError(
+            f"encoder.pretrained={ref!r} is a {model_type!r} checkpoint, not SigLIP 2 (siglip or"
+            " siglip2); use encoder=siglip or encoder=clip for other models"
+        )
+    return _build_naflex(cfg, src, local)
+
+
+def _build_naflex(cfg: Siglip2Config, src: str, local: bool) -> Encoder:
+    from transformers import Siglip2ImageProcessor, Siglip2VisionModel
+
+    with nullcontext() if local else hub_access() as hub:
+        try:
+            model = Siglip2VisionModel.from_pretrained(src)
+            processor = Siglip2ImageProcessor.from_pretrained(src)
+        except (OSError, ValueError) as e:
+            raise EncoderLoadError(
+                f"cannot load SigLIP 2 NaFlex weights and image processor {cfg.pretrained!r}: "
+                f"{' '.join(str(e).split())[:300]}{f' ({hub})' if hub else ''}. "
+                f"Set encoder.pretrained=<hub id or local directory with the checkpoint>"
+            ) from None
+    budget = cfg.max_num_patches or int(processor.max_num_patches)
+    patch = int(model.config.patch_size)  # type: ignore[arg-type]
+    return NaflexEncoder(
+        processor=processor,
+        max_num_patches=budget,
+        forward=lambda x: (x, x),  # unused: NaflexEncoder.encode runs the module itself
+        module=model,
+        # The square frame side whose grid fills the budget without resizing (stores' frames).
+        image_size=patch * math.isqrt(budget),
+        dim=int(model.config.hidden_size),
+        mean=tuple(processor.image_mean),  # type: ignore[arg-type]
+        std=tuple(processor.image_std),  # type: ignore[arg-type]
+        pool=cfg.pool,
+        device=_device(cfg.device),
+        autocast=cfg.autocast,
+        provenance={
+            "weights": cfg.pretrained,
+            "architecture": type(model).__name__,
+            "max_num_patches": budget,
+        },
+    )
+
+
 BUILDERS: dict[type, Callable[[Any], Encoder]] = {
     SiglipConfig: build_siglip,
     ClipConfig: build_clip,
+    Siglip2Config: build_siglip2,
 }
 
 

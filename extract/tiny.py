@@ -62,3 +62,29 @@ def save_tiny_clip(out: Path) -> tuple[Path, Path]:
     ckpt = out / "tiny-clip.pt"
     torch.save(model.state_dict(), ckpt)
     return cfg_path, ckpt
+
+
+def save_tiny_siglip2(out: Path, *, naflex: bool, max_num_patches: int = 64) -> Path:
+    """Save a 2-layer, 64-wide SigLIP 2 (vision and text towers, as the hub's checkpoints) and
+    its image processor to ``out``, seeded. ``naflex=False``: a fixed-resolution checkpoint at
+    224 px (``model_type`` siglip, as Google publishes them); ``naflex=True``: a NaFlex one
+    (siglip2, an 8x8 position-embedding table, ``max_num_patches`` patches of 16 px)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    vision = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+    vision |= {"num_attention_heads": 2, "patch_size": 16}
+    text = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1}
+    text |= {"num_attention_heads": 2, "vocab_size": 64, "max_position_embeddings": 16}
+    text |= {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    if naflex:
+        cfg = tf.Siglip2Config(text_config=text, vision_config={**vision, "num_patches": 64})
+        tf.Siglip2Model(cfg).save_pretrained(out)
+        tf.Siglip2ImageProcessor(max_num_patches=max_num_patches, patch_size=16).save_pretrained(
+            out
+        )
+        return out
+    fixed = tf.SiglipConfig(text_config=text, vision_config={**vision, "image_size": 224})
+    tf.SiglipModel(fixed).save_pretrained(out)
+    tf.SiglipImageProcessor(size={"height": 224, "width": 224}).save_pretrained(out)
+    return out

@@ -68,7 +68,7 @@ def job_params(job: type) -> set[str]:
 
 def register_settings() -> None:
     """Put every settings node in Hydra's ConfigStore (group ``settings/<kind>``)."""
-    from extract.encoders import ClipConfig, SiglipConfig
+    from extract.encoders import ClipConfig, Siglip2Config, SiglipConfig
     from jobs.eval import EvalJob
     from jobs.extract import ExtractJob
     from jobs.report import ReportJob
@@ -87,7 +87,7 @@ def register_settings() -> None:
     for name, job in jobs.items():
         node = settings_node(job.Spec, exclude=job_params(job))
         store(group="settings/job", name=name, node=node)
-    for name, cls in {"siglip": SiglipConfig, "clip": ClipConfig}.items():
+    for name, cls in {"siglip": SiglipConfig, "clip": ClipConfig, "siglip2": Siglip2Config}.items():
         store(group="settings/encoder", name=name, node=settings_node(cls))
     store(group="settings/model", name="live", node=settings_node(LiveConfig))
 

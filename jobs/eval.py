@@ -35,7 +35,7 @@ class EvalSpec:
     store: str
     data: DataConfig
     output_dir: str  # results/shard-*.jsonl, summary.json, report.html
-    adapter: str | None = None  # a checkpoint's adapter/ folder (from job=train)
+    adapter: str | None = None  # job=train's adapter/ folder, or a VideoLLM-online dir / hub id
     llm: str | None = None  # override the base LLM the adapter was trained on (e.g. a local copy)
     threshold: float = 0.0  # θ on P(","); 0 = plain argmax, as the released evaluation
     max_samples: int | None = None
@@ -47,12 +47,14 @@ class EvalSpec:
 
 
 def _load(spec: EvalSpec) -> tuple[Any, Any, StreamDataset]:
-    from models.live import load_trainable
+    from models.live import check_features, load_checkpoint
     from models.prompt import encode_conversation
 
     assert spec.adapter  # checked by EvalSpec
-    model, tokenizer = load_trainable(spec.adapter, llm=spec.llm)
     store = open_store(spec.store)
+    per_frame, dim = int(store.layout["tokens_per_frame"]), int(store.layout["dim"])
+    model, tokenizer = load_checkpoint(spec.adapter, llm=spec.llm, frame_tokens=per_frame)
+    check_features(model, per_frame, dim, f"store {spec.store}")
     samples = read_samples(spec.data, fps=store_fps(store))[: spec.max_samples]
     encode = functools.partial(
         encode_conversation,

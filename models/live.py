@@ -363,6 +363,36 @@ def load_live_config(path: str | Path) -> LiveConfig:
     return LiveConfig(**raw)
 
 
+def check_features(model: LiveModel, tokens_per_frame: int, dim: int, source: str) -> None:
+    """Refuse frame features the model was not trained on, naming what differs."""
+    diffs = []
+    if tokens_per_frame != model.frame_tokens:
+        diffs.append(f"tokens per frame: model {model.frame_tokens}, {source} {tokens_per_frame}")
+    if dim != model.vision_dim:
+        diffs.append(f"token width: model {model.vision_dim}, {source} {dim}")
+    if diffs:
+        raise ValueError(
+            f"the checkpoint does not fit the features of {source} ({'; '.join(diffs)}); extract"
+            " with the encoder and encoder.pool the checkpoint was trained with"
+        )
+
+
+def load_checkpoint(
+    ref: str | Path, *, llm: str | None = None, frame_tokens: int | None = None
+) -> tuple[LiveModel, Any]:
+    """A checkpoint for inference, in either layout: ours (``save_trainable``) or
+    VideoLLM-online's released one (a directory or a hub id; ``frame_tokens``: the store's
+    tokens per frame, used when the checkpoint's name does not tell): models.videollm_online."""
+    from models.videollm_online import is_videollm_online, load_videollm_online, resolve
+
+    path = Path(ref).expanduser()
+    if not (path / CONFIG_FILE).is_file():
+        path = resolve(ref)
+        if is_videollm_online(path):
+            return load_videollm_online(ref, llm=llm, frame_tokens=frame_tokens)
+    return load_trainable(path, llm=llm)
+
+
 def load_trainable(
     path: str | Path, *, llm: str | None = None, is_trainable: bool = False
 ) -> tuple[LiveModel, Any]:

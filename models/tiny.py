@@ -86,3 +86,55 @@ def save_tiny_llm(out: Path, *, style: Literal["gpt2", "llama3"] = "gpt2", seed:
     LlamaForCausalLM(cfg).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def save_tiny_videollm_online(
+    out: Path, llm_dir: Path, *, vision_dim: int = 1024, seed: int = 0
+) -> Path:
+    """Save a random checkpoint for the tiny Llama at ``llm_dir`` in VideoLLM-online's released
+    layout (models/videollm_online.py): their ``adapter_config.json`` fields, LoRA factors under
+    peft's key names for every projection and ``lm_head``, the connector as ``connector.0`` /
+    ``connector.2`` (``Linear(vision_dim -> H)``, GELU, ``Linear(H -> H)``) and their tokenizer
+    (``<v>`` added as an additional special token). Name ``out`` ``...-v1plus`` (10 tokens per
+    frame) or ``...-v1`` (1)."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoTokenizer
+
+    from models.videollm_online import ADAPTER_WEIGHTS, TARGET_REGEX
+
+    cfg = AutoConfig.from_pretrained(llm_dir)
+    h, inter, r = cfg.hidden_size, cfg.intermediate_size, 128
+    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
+    shapes = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h)}
+    shapes |= {"self_attn.o_proj": (h, h), "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h)}
+    shapes |= {"mlp.down_proj": (h, inter)}
+    modules = {
+        f"model.layers.{i}.{n}": s for i in range(cfg.num_hidden_layers) for n, s in shapes.items()
+    }
+    modules["lm_head"] = (cfg.vocab_size, h)
+    g = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, (fan_out, fan_in) in modules.items():
+        tensors[f"base_model.model.{name}.lora_A.weight"] = torch.randn(r, fan_in, generator=g) / 50
+        tensors[f"base_model.model.{name}.lora_B.weight"] = (
+            torch.randn(fan_out, r, generator=g) / 50
+        )
+    for key, shape in {"0.weight": (h, vision_dim), "0.bias": (h,), "2.weight": (h, h)}.items():
+        tensors[f"base_model.model.connector.{key}"] = torch.randn(*shape, generator=g) / 10
+    tensors["base_model.model.connector.2.bias"] = torch.randn(h, generator=g) / 10
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    LoraConfig(
+        r=r,
+        lora_alpha=256,
+        lora_dropout=0.05,
+        target_modules=TARGET_REGEX,
+        modules_to_save=["connector"],
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=str(llm_dir),
+    ).save_pretrained(str(out))
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<v>"]})
+    tokenizer.save_pretrained(str(out))
+    return out

@@ -1,11 +1,19 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from extract.encoders import ClipConfig, EncoderLoadError, SiglipConfig, build_encoder, pool_tokens
+from extract.encoders import (
+    ClipConfig,
+    EncoderLoadError,
+    Siglip2Config,
+    SiglipConfig,
+    build_encoder,
+    pool_tokens,
+)
 from extract.tiny import TINY_CLIP
 
 
@@ -171,3 +179,91 @@ def test_hub_id_loads_from_the_local_cache_when_the_hub_is_unreachable(
     assert said == "LOADED streamfeat-test/tiny-siglip", said
     load_from_hub(str(tiny_siglip), tmp_path / "empty", tmp_path / "b.pt")  # the directory
     torch.testing.assert_close(torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt"))
+
+
+@pytest.fixture(scope="module")
+def tiny_siglip2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from extract.tiny import save_tiny_siglip2
+
+    d = tmp_path_factory.mktemp("siglip2")
+    return {
+        "fixed": save_tiny_siglip2(d / "fixed", naflex=False),
+        "naflex": save_tiny_siglip2(d / "naflex", naflex=True),
+    }
+
+
+def grid_reference(cls_token: torch.Tensor, grid: torch.Tensor, k: int) -> torch.Tensor:
+    """Independent: ``grid`` (H, W, C) -> [cls, k x k cells], each the mean of the patches in
+    rows [floor(i*H/k), ceil((i+1)*H/k)) x cols [floor(j*W/k), ceil((j+1)*W/k)), row by row."""
+    h, w, _ = grid.shape
+    cells = [cls_token]
+    for i in range(k):
+        for j in range(k):
+            r0, r1 = i * h // k, -(-(i + 1) * h // k)
+            c0, c1 = j * w // k, -(-(j + 1) * w // k)
+            cells.append(grid[r0:r1, c0:c1].reshape(-1, grid.shape[-1]).mean(dim=0))
+    return torch.stack(cells)
+
+
+def test_siglip2_fixed_resolution_is_siglip(tiny_siglip2: dict[str, Path]) -> None:
+    from transformers import SiglipModel
+
+    enc = build_encoder(Siglip2Config(pretrained=str(tiny_siglip2["fixed"]), device="cpu"))
+    assert (enc.image_size, enc.dim, enc.tokens_per_frame) == (224, 64, 10)
+    pixels = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    tokens = enc.encode(pixels)
+    full = SiglipModel.from_pretrained(tiny_siglip2["fixed"]).eval()  # the hub's architecture
+    with torch.no_grad():
+        out = full.vision_model(pixel_values=(pixels.float() / 255 - 0.5) / 0.5)
+    want = reference_tokens(out.pooler_output, out.last_hidden_state, 3)
+    torch.testing.assert_close(tokens, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_siglip2_naflex_pools_the_real_aspect_grid(tiny_siglip2: dict[str, Path], k: int) -> None:
+    from transformers import Siglip2ImageProcessor, Siglip2Model
+
+    enc = build_encoder(Siglip2Config(pretrained=str(tiny_siglip2["naflex"]), pool=k, device="cpu"))
+    assert (enc.image_size, enc.dim, enc.tokens_per_frame) == (128, 64, 1 + k * k)
+    # A wide frame: its grid keeps the aspect ratio and leaves padding patches in the sequence.
+    pixels = torch.randint(0, 256, (2, 3, 90, 240), dtype=torch.uint8)
+    tokens = enc.encode(pixels)
+    proc = Siglip2ImageProcessor.from_pretrained(tiny_siglip2["naflex"])
+    inputs = proc(images=[p for p in pixels], return_tensors="pt")
+    h, w = inputs["spatial_shapes"][0].tolist()
+    assert w > h and h * w < 64 and int(inputs["pixel_attention_mask"][0].sum()) == h * w
+    full = Siglip2Model.from_pretrained(tiny_siglip2["naflex"]).eval()
+    with torch.no_grad():
+        out = full.vision_model(**inputs)
+    for b in range(2):
+        grid = out.last_hidden_state[b, : h * w].reshape(h, w, -1)  # padding rows left out
+        want = grid_reference(out.pooler_output[b], grid, k)
+        torch.testing.assert_close(tokens[b], want, rtol=1e-4, atol=1e-4)
+
+
+def test_pool_zero_is_cls_only_for_every_encoder(
+    tiny_siglip: Path, tiny_clip: tuple[Path, Path], tiny_siglip2: dict[str, Path]
+) -> None:
+    cfg_path, ckpt = tiny_clip
+    configs = [
+        SiglipConfig(pretrained=str(tiny_siglip), pool=0, device="cpu"),
+        ClipConfig(
+            model=TINY_CLIP, pretrained=str(ckpt), model_config=str(cfg_path), pool=0, device="cpu"
+        ),
+        Siglip2Config(pretrained=str(tiny_siglip2["fixed"]), pool=0, device="cpu"),
+        Siglip2Config(pretrained=str(tiny_siglip2["naflex"]), pool=0, device="cpu"),
+    ]
+    for cfg in configs:
+        enc = build_encoder(cfg)
+        pixels = torch.randint(0, 256, (2, 3, enc.image_size, enc.image_size), dtype=torch.uint8)
+        cls_only = enc.encode(pixels)
+        assert enc.tokens_per_frame == 1 and cls_only.shape == (2, 1, enc.dim), cfg
+        full = build_encoder(replace(cfg, pool=1)).encode(pixels)
+        torch.testing.assert_close(cls_only[:, 0], full[:, 0], rtol=1e-4, atol=1e-4)
+
+
+def test_siglip2_refuses_other_checkpoints(tiny_clip: tuple[Path, Path], tiny_llm: Path) -> None:
+    with pytest.raises(EncoderLoadError, match="not SigLIP 2"):
+        build_encoder(Siglip2Config(pretrained=str(tiny_llm)))
+    with pytest.raises(EncoderLoadError, match="encoder.pretrained"):
+        build_encoder(Siglip2Config(pretrained="google/siglip2-so400m-patch16-naflex"))  # offline
