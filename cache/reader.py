@@ -10,6 +10,7 @@ import numpy as np
 
 from cache.journal import Index, VideoEntry, load_index
 from cache.layout import shard_dir
+from cache.segments import require_files
 from cache.store import read_store_attrs
 
 
@@ -66,8 +67,12 @@ class Store:
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - one Store per process, bounded cache
     def _array(self, path: str) -> Any:
+        """A segment array, once its segment's files are all there: a missing file is an error
+        (:class:`cache.MissingDataError`), never Zarr's fill value. Each chunk carries a crc32c
+        that Zarr checks on every read."""
         import zarr
 
+        require_files((self.root / path).parent)
         return zarr.open_array(self.root / path, mode="r")
 
     def read(

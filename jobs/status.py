@@ -31,7 +31,7 @@ def store_status(store: str | Path) -> dict[str, Any]:
         s[e.status] += 1
         s["frames"] += int(e.record.get("num_frames", 0)) if e.status == "done" else 0
     for shard, journal in journal_paths(root).items():
-        runs = [r for r in read_journal(journal) if r["kind"] == "run"]
+        runs = [r for r in read_journal(journal) if r.get("kind") == "run"]
         if runs:
             s = shards.setdefault(shard, {"done": 0, "failed": 0, "frames": 0})
             s["last_run_started_at"] = runs[-1]["started_at"]
