@@ -199,3 +199,49 @@ def test_stores_without_checksums_are_read_and_said_so(
     out = capsys.readouterr().out
     assert "1 segment(s) not checksummed" in out and "verify: OK" in out
     assert load_index(root).videos["v1"].status == "done"
+
+
+def test_settings_are_checked_before_skipping_a_done_store(
+    tmp_path: Path, tiny_siglip: Path
+) -> None:
+    """A rerun of a finished store with other settings is one error naming the setting."""
+    from extract.samples import make_video
+    from tests.jobs.cli import run_cli
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(2):
+        make_video(videos / f"v{i}.mp4", seconds=1.0, width=64, height=48)
+    store = tmp_path / "out.zarr"
+    args = ["job=extract", f"videos={videos}", f"store={store}",
+            f"encoder.pretrained={tiny_siglip}", "job.progress=false"]  # fmt: skip
+    r = run_cli(*args, hydra_dir=tmp_path / "h")
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta_path = store / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    on_gpu = json.loads(json.dumps(meta))  # as if the store was begun on a GPU (auto: bf16)
+    on_gpu["attributes"]["streamfeat"]["features"]["compute"] = {
+        "device": "cuda",
+        "autocast": "bfloat16",
+    }
+    for override, name in [
+        ("encoder.pool=2", "encoder.pool"),
+        ("job.decode.fps=1", "fps"),
+        ("job.layout.dtype=bfloat16", "dtype"),
+        ("", "compute.autocast"),
+    ]:
+        if not override:
+            meta_path.write_text(json.dumps(on_gpu))
+        r = run_cli(*args, *([override] if override else []), hydra_dir=tmp_path / "h")
+        err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert r.returncode == 2 and len(err) == 1 and f"other settings: {name}:" in err[0], (
+            override,
+            r.stdout,
+            r.stderr[-2000:],
+        )
+    meta_path.write_text(json.dumps(meta))
+    # A source replaced after extraction is reported by status and verify.
+    make_video(videos / "v1.mp4", seconds=1.0, width=64, height=48, fps=24)
+    st = run_cli("job=status", f"store={store}", hydra_dir=tmp_path / "h")
+    assert st.returncode == 1 and "SOURCE CHANGED v1: source changed" in st.stdout, st.stdout
+    assert any("source changed" in p for p in problems(store)["v1"])
