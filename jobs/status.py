@@ -73,7 +73,7 @@ def _sources_changed(index: Any) -> dict[str, str]:
 
     out = {}
     for vid, e in index.videos.items():
-        if e.status == "done" and (why := source_changed(e.record)):
+        if e.status == "done" and (why := source_changed(e.record, content=False)):
             out[vid] = why
     return out
 

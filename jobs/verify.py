@@ -58,13 +58,18 @@ def _check_video(s: Any, vid: str, window_frames: int) -> list[str]:
     return issues
 
 
-def source_changed(record: dict[str, Any]) -> str | None:
-    """Why a done video's source differs from when it was extracted (None: same or unknown)."""
+def source_changed(record: dict[str, Any], *, content: bool = True) -> str | None:
+    """Why a done video's source differs from when it was extracted (None: same or unknown).
+    ``content=False`` compares size and mtime only (a stat, no read: for ``job=status``)."""
     old, path = record.get("source"), record.get("source_path")
     if not old or not path or not Path(path).is_file():
         return None
-    new = fingerprint(path)
-    diff = [k for k in old if old[k] != new.get(k)]
+    if content:
+        new = fingerprint(path)
+    else:
+        st = Path(path).stat()
+        new = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    diff = [k for k in new if k in old and old[k] != new[k]]
     return f"source changed since extraction ({', '.join(diff)})" if diff else None
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from cache import load_index, open_store, read_journal
 from extract.samples import make_video
+from jobs.verify import verify_store
 from tests.jobs.cli import ROOT, run_cli
 
 
@@ -86,12 +87,12 @@ def _soak(tmp_path: Path, model: Path, kills: int, seed: int) -> None:
     assert sum(p["frames"] for p in pieces) == sum(
         int(e.record["num_frames"]) for e in index.videos.values()
     )
-    v = run_cli("job=verify", f"store={store}", hydra_dir=tmp_path / "hv")
-    assert v.returncode == 0 and "verify: OK" in v.stdout, v.stdout
+    assert verify_store(store)["problems"] == {}
 
 
-def test_kill_9_twice_gives_the_clean_store(tmp_path: Path, tiny_siglip: Path) -> None:
-    _soak(tmp_path, tiny_siglip, kills=2, seed=1)
+def test_kill_9_once_gives_the_clean_store(tmp_path: Path, tiny_siglip: Path) -> None:
+    """The short variant (the only default test of it; the soak below is marked slow)."""
+    _soak(tmp_path, tiny_siglip, kills=1, seed=1)
 
 
 @pytest.mark.slow

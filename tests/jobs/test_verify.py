@@ -245,3 +245,43 @@ def test_settings_are_checked_before_skipping_a_done_store(
     st = run_cli("job=status", f"store={store}", hydra_dir=tmp_path / "h")
     assert st.returncode == 1 and "SOURCE CHANGED v1: source changed" in st.stdout, st.stdout
     assert any("source changed" in p for p in problems(store)["v1"])
+
+
+def test_a_shard_writer_rereads_the_index_once_it_holds_the_lock(
+    tmp_path: Path, tiny_siglip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run finishes a video between this run's look at the index and its lock: the
+    video is not extracted again."""
+    import jobs.extract as extract
+    from extract.encoders import SiglipConfig
+    from extract.frames import DecodeOptions
+    from extract.pipeline import VideoTask
+    from extract.samples import make_video
+
+    for i in (0, 1):
+        make_video(tmp_path / f"v{i}.mp4", seconds=1.0, width=64, height=48)
+    spec = extract.ExtractSpec(
+        store=str(tmp_path / "s.zarr"),
+        videos=tuple(VideoTask(f"v{i}", tmp_path / f"v{i}.mp4") for i in (0, 1)),
+        encoder=SiglipConfig(pretrained=str(tiny_siglip)),
+        decode=DecodeOptions(fps=2.0),
+        progress=False,
+    )
+    real_init = extract.init_store
+    other: dict[str, str] = {}
+
+    def init_then_other_run_finishes_v0(*args: object, **kwargs: object) -> object:
+        out = real_init(*args, **kwargs)  # type: ignore[arg-type]
+        with ShardWriter(spec.store, 0) as w:  # the other run, done just before our lock
+            lay = w.layout
+            w.start("v0")
+            w.write("v0", np.zeros((2, lay.tokens_per_frame, lay.dim), np.float16), np.arange(2.0))
+            w.finish("v0", {"num_frames": 2})
+        other["attempt"] = load_index(Path(spec.store)).videos["v0"].record["attempt"]
+        return out
+
+    monkeypatch.setattr(extract, "init_store", init_then_other_run_finishes_v0)
+    result = extract.run_shard(spec, 0, 1)
+    index = load_index(Path(spec.store))
+    assert index.videos["v0"].record["attempt"] == other["attempt"]  # not redone
+    assert index.videos["v1"].status == "done" and result.done == 1
