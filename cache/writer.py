@@ -288,6 +288,7 @@ class ShardWriter:
             dtype=tokens.dtype,
             compressors=[Crc32cCodec()],  # per chunk, checked on every read
             fill_value=0,
+            config={"write_empty_chunks": True},  # every chunk on disk: missing = lost
             dimension_names=("frame", "token", "channel"),
             attributes={"streamfeat_dtype": lay.dtype},
         )
@@ -299,6 +300,7 @@ class ShardWriter:
             dtype="float64",
             compressors=[Crc32cCodec()],
             fill_value=0.0,
+            config={"write_empty_chunks": True},
             dimension_names=("frame",),
         )
         parr[...] = pts

@@ -285,3 +285,13 @@ def test_a_shard_writer_rereads_the_index_once_it_holds_the_lock(
     index = load_index(Path(spec.store))
     assert index.videos["v0"].record["attempt"] == other["attempt"]  # not redone
     assert index.videos["v1"].status == "done" and result.done == 1
+
+
+def test_all_fill_value_frames_are_written_not_taken_for_missing(tmp_path: Path) -> None:
+    root = make_store(tmp_path / "s.zarr", chunk_frames=4, file_frames=8)
+    with ShardWriter(root, 0) as w:
+        w.start("zeros")
+        w.write("zeros", np.zeros((9, 10, 6), np.float16), np.zeros(9))
+        w.finish("zeros", {"num_frames": 9})
+    assert open_store(root).read("zeros")[0].shape == (9, 10, 6)
+    assert problems(root) == {}
