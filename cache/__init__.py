@@ -16,23 +16,37 @@ from cache.layout import (
     shard_of_journal,
 )
 from cache.reader import Store, open_store
+from cache.segments import MissingDataError, adopt_segments, check_segment, unindexed_segments
 from cache.store import StoreMismatchError, init_store, read_store_attrs
-from cache.writer import ShardLockedError, ShardWriter, shard_locked
+from cache.writer import (
+    ShardLockedError,
+    ShardWriter,
+    fingerprint,
+    holding_shard,
+    mark_damaged,
+    shard_locked,
+)
 
 __all__ = [
     "Index",
+    "MissingDataError",
     "ShardLockedError",
     "ShardWriter",
     "Store",
     "StoreLayout",
     "StoreMismatchError",
     "VideoEntry",
+    "adopt_segments",
+    "check_segment",
+    "fingerprint",
+    "holding_shard",
     "init_store",
     "journal_path",
     "journal_paths",
     "launch_folders",
     "load_index",
     "lock_path",
+    "mark_damaged",
     "open_store",
     "read_journal",
     "read_launches",
@@ -42,6 +56,7 @@ __all__ = [
     "shard_dir",
     "shard_locked",
     "shard_of_journal",
+    "unindexed_segments",
     "validate_video_id",
     "video_id_for",
 ]

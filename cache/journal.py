@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,8 @@ from typing import Any, NamedTuple
 
 from cache.layout import journal_paths
 from cache.layout import shard_of_journal as shard_of_journal  # also imported from here
+
+log = logging.getLogger(__name__)
 
 
 class Piece(NamedTuple):
@@ -51,6 +55,7 @@ class Partial:
     shard: int
     attempt: str
     pieces: list[Piece]
+    source: dict[str, Any] | None = None  # the source's fingerprint when the attempt began
 
     @property
     def frames(self) -> int:
@@ -63,10 +68,17 @@ class Index:
     partial: dict[str, Partial]
     runs: dict[str, dict[str, Any]]
     problems: list[str]
+    # every journalled segment record by (shard, segment name): frames, shape, checksums
+    segments: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
+    damaged: list[str] = field(default_factory=list)  # journal lines skipped as damaged
 
 
-def read_journal(path: Path) -> list[dict[str, Any]]:
-    """Read one journal, ignoring a torn (unterminated or unparsable) final line."""
+def read_journal(path: Path, damaged: list[str] | None = None) -> list[dict[str, Any]]:
+    """Read one journal, ignoring a torn (unterminated or unparsable) final line.
+
+    A damaged line elsewhere costs that line only: it is skipped with a warning and named in
+    ``damaged`` (when given) as ``"PATH line N: ..."``; the next writer of the shard drops it.
+    """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -75,37 +87,56 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
     body = data[: data.rfind(b"\n") + 1].decode("utf-8", errors="replace")
     try:  # all lines at once: several times faster than a json.loads per line
         records: list[dict[str, Any]] = json.loads("[" + body[:-1].replace("\n", ",") + "]")
-        if len(records) == body.count("\n") and all(isinstance(r, dict) for r in records):
+        if len(records) == body.count("\n") and all(_is_record(r) for r in records):
             return records
     except json.JSONDecodeError:
         pass  # a blank or damaged line: go line by line to skip blanks and name the damage
     records = []
-    for line in body.split("\n")[:-1]:
+    for number, line in enumerate(body.split("\n")[:-1], start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             record = None
-        if not isinstance(record, dict):
-            # Only the final line can be torn; a bad line in the middle means damage.
-            raise ValueError(f"corrupt line in journal {path}: {line[:200]!r}")
+        if not _is_record(record):
+            msg = f"{path} line {number}: damaged record skipped: {line[:120]!r}"
+            warnings.warn(msg, JournalDamageWarning, stacklevel=2)
+            if damaged is not None:
+                damaged.append(msg)
+            continue
         records.append(record)
     return records
 
 
+class JournalDamageWarning(UserWarning):
+    """A journal line that is not a record was skipped (it costs only what it described)."""
+
+
+def _is_record(r: object) -> bool:
+    return isinstance(r, dict)
+
+
 def append_records(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append records durably: one write call, then fsync, so a kill leaves at most a torn tail."""
+    """Append records all-or-nothing: one write, then fsync. If the write fails part-way (a full
+    disk), the journal is cut back to its size before, so no half line stays to glue onto the
+    next append; a kill mid-write leaves at most a torn tail, cut by the next writer."""
     if not records:
         return
     payload = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        view = memoryview(payload)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(payload)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+            raise
     finally:
         os.close(fd)
 
@@ -145,33 +176,51 @@ class _Collected(NamedTuple):
     piece_shard: dict[tuple[str, str], int]
     finals: dict[str, list[tuple[int, dict[str, Any]]]]  # video_id -> [(shard, video line)]
     problems: list[str]
+    segments: dict[tuple[int, str], dict[str, Any]]
+    sources: dict[tuple[str, str], dict[str, Any]]  # by (video_id, attempt)
+    damaged: set[tuple[str, str]]  # (video_id, attempt) marked damaged by verify
 
 
 def _collect(journals: dict[int, list[dict[str, Any]]]) -> _Collected:
     """Group every shard's records by kind; a piece in an undeclared segment is a problem."""
-    runs: dict[str, dict[str, Any]] = {}
-    pieces: dict[tuple[str, str], list[Piece]] = defaultdict(list)
-    piece_shard: dict[tuple[str, str], int] = {}
-    finals: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
-    problems: list[str] = []
+    c = _Collected({}, defaultdict(list), {}, defaultdict(list), [], {}, {}, set())
     for shard, records in sorted(journals.items()):
-        segments = {r["segment"] for r in records if r["kind"] == "segment"}
         for r in records:
-            kind = r["kind"]
-            if kind == "run":
-                runs[r["run_id"]] = r
-            elif kind == "piece":
-                if r["segment"] not in segments:
-                    problems.append(f"shard {shard}: piece in undeclared segment {r['segment']}")
-                    continue
-                key = (r["video_id"], r["attempt"])
-                pieces[key].append(
-                    Piece(shard, r["segment"], r["segment_start"], r["video_start"], r["frames"])
-                )
-                piece_shard[key] = shard
-            elif kind == "video":
-                finals[r["video_id"]].append((shard, r))
-    return _Collected(runs, pieces, piece_shard, finals, problems)
+            if r.get("kind") == "segment" and isinstance(r.get("segment"), str):
+                c.segments[(shard, r["segment"])] = r
+        seen: set[tuple[str, int]] = set()
+        for r in records:
+            try:
+                _collect_one(c, shard, r, seen)
+            except (KeyError, TypeError, ValueError):
+                c.problems.append(f"shard {shard}: damaged {r.get('kind')} record skipped")
+    return c
+
+
+def _collect_one(c: _Collected, shard: int, r: dict[str, Any], seen: set[tuple[str, int]]) -> None:
+    kind = r["kind"]
+    if kind == "run":
+        c.runs[r["run_id"]] = r
+    elif kind == "piece":
+        if (shard, r["segment"]) not in c.segments:
+            c.problems.append(f"shard {shard}: piece in undeclared segment {r['segment']}")
+            return
+        if (r["segment"], r["segment_start"]) in seen:
+            return  # journalled twice (a segment adopted again): the same rows
+        seen.add((r["segment"], r["segment_start"]))
+        key = (r["video_id"], r["attempt"])
+        c.pieces[key].append(
+            Piece(shard, r["segment"], int(r["segment_start"]), int(r["video_start"]),
+                  int(r["frames"]))
+        )  # fmt: skip
+        c.piece_shard[key] = shard
+    elif kind == "damaged":
+        c.damaged.add((r["video_id"], r["attempt"]))
+    elif kind == "start":
+        c.sources[(r["video_id"], r["attempt"])] = r["source"]
+    elif kind == "video":
+        str(r["video_id"]), str(r["status"]), float(r["committed_at"])  # damaged if missing
+        c.finals[r["video_id"]].append((shard, r))
 
 
 def _choose(
@@ -179,12 +228,13 @@ def _choose(
     candidates: list[tuple[int, dict[str, Any]]],
     pieces: dict[tuple[str, str], list[Piece]],
     problems: list[str],
+    damaged: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
 ) -> VideoEntry | None:
     """The newest done record whose frames are all committed, else the newest failure."""
     if len(candidates) > 1:
         candidates.sort(key=lambda c: c[1]["committed_at"], reverse=True)
     for shard, r in candidates:
-        if r["status"] != "done":
+        if r["status"] != "done" or (video_id, r["attempt"]) in damaged:
             continue
         ps = pieces.get((video_id, r["attempt"]), [])
         if len(ps) > 1:
@@ -207,7 +257,7 @@ def build_index(journals: dict[int, list[dict[str, Any]]]) -> Index:
     for video_id, candidates in c.finals.items():
         for _, r in candidates:
             finished_attempts.add((video_id, r["attempt"]))
-        chosen = _choose(video_id, candidates, c.pieces, c.problems)
+        chosen = _choose(video_id, candidates, c.pieces, c.problems, c.damaged)
         if chosen is not None:
             videos[video_id] = chosen
 
@@ -218,10 +268,11 @@ def build_index(journals: dict[int, list[dict[str, Any]]]) -> Index:
         entry = videos.get(video_id)
         if entry is not None and entry.status == "done":
             continue
-        cand = Partial(video_id, c.piece_shard[(video_id, attempt)], attempt, ps)
+        shard = c.piece_shard[(video_id, attempt)]
+        cand = Partial(video_id, shard, attempt, ps, c.sources.get((video_id, attempt)))
         if video_id not in partial or cand.frames > partial[video_id].frames:
             partial[video_id] = cand
-    return Index(videos=videos, partial=partial, runs=c.runs, problems=c.problems)
+    return Index(videos, partial, c.runs, c.problems, c.segments)
 
 
 def load_index(root: Path) -> Index:
@@ -231,8 +282,16 @@ def load_index(root: Path) -> Index:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        journals = {shard: read_journal(p) for shard, p in journal_paths(root).items()}
-        return build_index(journals)
+        damaged: list[str] = []
+        with warnings.catch_warnings():  # named once in the index, not warned per reader
+            warnings.simplefilter("ignore", JournalDamageWarning)
+            journals = {shard: read_journal(p, damaged) for shard, p in journal_paths(root).items()}
+        index = build_index(journals)
+        index.damaged = damaged
+        index.problems[:0] = damaged
+        if damaged:
+            log.warning("%d damaged journal line(s) skipped: %s", len(damaged), damaged[0])
+        return index
     finally:
         if was_enabled:
             gc.enable()

@@ -10,6 +10,7 @@ import numpy as np
 
 from cache.journal import Index, VideoEntry, load_index
 from cache.layout import shard_dir
+from cache.segments import require_files
 from cache.store import read_store_attrs
 
 
@@ -65,9 +66,15 @@ class Store:
         return self.read(video_id, tokens=False)[1]
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - one Store per process, bounded cache
-    def _array(self, path: str) -> Any:
+    def _array(self, path: str, strict: bool = True) -> Any:
+        """A segment array, once its segment's files are all there: a missing file is an error
+        (:class:`cache.MissingDataError`), never Zarr's fill value. Each chunk carries a crc32c
+        that Zarr checks on every read. Segments written before checksums (``strict=False``)
+        may lack all-fill chunks legitimately (Zarr did not write them) and are not checked."""
         import zarr
 
+        if strict:
+            require_files((self.root / path).parent)
         return zarr.open_array(self.root / path, mode="r")
 
     def read(
@@ -98,9 +105,10 @@ class Store:
                 continue
             base = f"{shard_dir(Path(), p.shard).as_posix()}/{p.segment}"
             rows = slice(p.segment_start + lo - p.video_start, p.segment_start + hi - p.video_start)
+            strict = "crc32c" in self.index.segments.get((p.shard, p.segment), {})
             if tokens:
-                toks.append(self._array(f"{base}/tokens")[rows])
-            pts.append(self._array(f"{base}/pts")[rows])
+                toks.append(self._array(f"{base}/tokens", strict)[rows])
+            pts.append(self._array(f"{base}/pts", strict)[rows])
         lay = self.layout
         shape = (0, lay["tokens_per_frame"], lay["dim"])
         dtype = np.uint16 if lay["dtype"] == "bfloat16" else np.float16

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,22 +56,35 @@ def init_store(
         "provenance": provenance,
     }
     attrs = json.loads(json.dumps(attrs))  # normalise tuples etc. to what JSON gives back
-    if (root / "zarr.json").is_file():
-        existing = read_store_attrs(root)
-        for key in ("layout", "features"):
-            if existing[key] != attrs[key]:
-                diff = _diff(existing[key], attrs[key])
-                raise StoreMismatchError(
-                    f"store {str(root)!r} holds features made with different settings "
-                    f"({key}: {diff}); write to a new store= path or use the same settings"
-                )
-        return existing
     root.mkdir(parents=True, exist_ok=True)
-    zarr.open_group(root, mode="a", zarr_format=3, attributes={ATTRS_KEY: attrs})
-    for sub in ("shards",):
-        zarr.open_group(root / sub, mode="a", zarr_format=3)
-    (root / "index").mkdir(exist_ok=True)
-    return read_store_attrs(root)
+    # Creators of one store (workers, array tasks) take turns: the first creates it, the
+    # others then compare their settings with it.
+    fd = os.open(root / ".create.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if (root / "zarr.json").is_file():
+            return _check(root, attrs)
+        zarr.open_group(root, mode="a", zarr_format=3, attributes={ATTRS_KEY: attrs})
+        for sub in ("shards",):
+            zarr.open_group(root / sub, mode="a", zarr_format=3)
+        (root / "index").mkdir(exist_ok=True)
+        return read_store_attrs(root)
+    finally:
+        os.close(fd)
+
+
+def _check(root: Path, attrs: dict[str, Any]) -> dict[str, Any]:
+    existing = read_store_attrs(root)
+    for key in ("layout", "features"):
+        # Keys a store made by an older streamfeat does not record are not compared.
+        have = {k: v for k, v in attrs[key].items() if k in existing[key]}
+        if existing[key] != {**existing[key], **have} or set(existing[key]) - set(have):
+            diff = _diff(existing[key], have)
+            raise StoreMismatchError(
+                f"store {str(root)!r} holds features made with different settings "
+                f"({key}: {diff}); write to a new store= path or use the same settings"
+            )
+    return existing
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -6,21 +6,27 @@ leaves a consistent shard (the commit protocol is in docs/cache.md).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cache.journal import append_records, load_index, read_journal, repair_tail
+from cache.journal import append_records, load_index, read_journal
 from cache.layout import StoreLayout, journal_path, lock_path, segment_name, shard_dir
+from cache.segments import adopt_segments, checksum
 from cache.store import read_store_attrs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +38,8 @@ class _Pending:
     video_start: int
     tokens: list[np.ndarray] = field(default_factory=list)
     pts: list[np.ndarray] = field(default_factory=list)
+    source: dict[str, Any] | None = None
+    started: bool = False  # its start record (source fingerprint) is journalled
 
     @property
     def frames(self) -> int:
@@ -74,15 +82,16 @@ class ShardWriter:
             zarr.open_group(self.dir, mode="a", zarr_format=3)
         self.journal = journal_path(self.root, shard)
         self.journal.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = self._lock()
-        repair_tail(self.journal)
+        self._lock_fd = take_lock(self.root, shard)
+        # Damaged lines dropped (their videos are redone), unjournalled segments re-indexed.
+        self.repairs = adopt_segments(self.root, shard)
         records = read_journal(self.journal)
-        committed = {r["segment"] for r in records if r["kind"] == "segment"}
-        self._clean_uncommitted(committed)
+        committed = {r["segment"] for r in records if r.get("kind") == "segment"}
         self._next_seq = 1 + max((int(s.split("-")[1]) for s in committed), default=-1)
         self._partial = {
             vid: p for vid, p in load_index(self.root).partial.items() if p.shard == shard
         }
+        self.restarted: dict[str, str] = {}  # video id -> why its partial frames were dropped
         self.run_id = uuid.uuid4().hex[:12]
         append_records(
             self.journal,
@@ -103,38 +112,25 @@ class ShardWriter:
         self._buffered = 0
         self._last_commit = time.monotonic()
 
-    def _lock(self) -> int:
-        lock = lock_path(self.root, self.shard)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ShardLockedError(
-                f"shard {self.shard} of {self.root} is being written by another process "
-                f"(lock {lock}); one writer per shard"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
-        return fd
-
-    def _clean_uncommitted(self, committed: set[str]) -> None:
-        # Leftovers of a killed writer: staging folders and segments renamed but not journalled.
-        for child in self.dir.iterdir():
-            if child.name.startswith(".staging-") or (
-                child.name.startswith("seg-") and child.name not in committed
-            ):
-                shutil.rmtree(child, ignore_errors=True)
-
     # -- per video -------------------------------------------------------------------------
 
-    def start(self, video_id: str) -> int:
-        """Begin (or resume) a video; returns how many of its frames are already committed."""
+    def start(self, video_id: str, source: dict[str, Any] | None = None) -> int:
+        """Begin (or resume) a video; returns how many of its frames are already committed.
+
+        ``source``: the source file's fingerprint (:func:`fingerprint`), journalled with the
+        attempt; committed frames of an attempt whose source differs are not resumed from.
+        """
         partial = self._partial.get(video_id)
         if partial is not None and partial.frames > 0:
-            self._pending[video_id] = _Pending(video_id, partial.attempt, partial.frames)
-            return partial.frames
-        self._pending[video_id] = _Pending(video_id, uuid.uuid4().hex[:12], 0)
+            if source is None or partial.source is None or partial.source == source:
+                self._pending[video_id] = _Pending(
+                    video_id, partial.attempt, partial.frames, source=partial.source or source
+                )
+                return partial.frames
+            why = _changed(partial.source, source)
+            self.restarted[video_id] = f"source changed since it began ({why}): restarted"
+            log.warning("%s: %s", video_id, self.restarted[video_id])
+        self._pending[video_id] = _Pending(video_id, uuid.uuid4().hex[:12], 0, source=source)
         return 0
 
     def write(self, video_id: str, tokens: np.ndarray, pts_seconds: np.ndarray) -> None:
@@ -153,17 +149,23 @@ class ShardWriter:
         pending.tokens.append(tokens)
         pending.pts.append(np.asarray(pts_seconds, dtype=np.float64))
         self._buffered += len(tokens)
-        if self._buffered >= lay.segment_frames:
-            self.commit()
+        self._maybe_commit()  # also inside a long video: at least every commit_interval_s
 
     def finish(self, video_id: str, record: dict[str, Any]) -> None:
         """Mark a video complete; ``record`` holds its metadata (num_frames, fps, ...)."""
         pending = self._pending.pop(video_id)
         done = pending.video_start + pending.frames
         if record.get("num_frames") != done:
-            raise ValueError(
-                f"{video_id}: record says {record.get('num_frames')} frames, wrote {done}"
+            # e.g. a source replaced by a shorter one: this video fails, the shard goes on
+            self._pending[video_id] = pending
+            return self.fail(
+                video_id,
+                record,
+                f"record says {record.get('num_frames')} frames, wrote {done} (source changed?"
+                " a rerun restarts it)",
             )
+        if pending.source is not None:
+            record = {**record, "source": pending.source}
         if pending.frames:
             self._flushing.append(pending)
         self._finals.append(self._final(video_id, pending.attempt, "done", record))
@@ -203,15 +205,22 @@ class ShardWriter:
         """Write buffered frames as one segment, then journal it with finished videos."""
         groups = [*self._flushing, *(p for p in self._pending.values() if p.frames)]
         records: list[dict[str, Any]] = []
-        if groups:
-            seg = segment_name(self._next_seq)
-            records += self._write_segment(seg, groups)
-            self._next_seq += 1
         now = time.time()
         for final in self._finals:
             final["committed_at"] = now
+        seg = segment_name(self._next_seq)
+        if groups:
+            records += self._write_segment(seg, groups, self._finals)
         records += self._finals
-        append_records(self.journal, records)
+        try:
+            append_records(self.journal, records)  # all or nothing
+        except BaseException:
+            if groups:  # not journalled: the frames stay buffered for the next try
+                shutil.rmtree(self.dir / seg, ignore_errors=True)
+            raise
+        self._next_seq += bool(groups)
+        for g in groups:
+            g.started = True
         # What is journalled is now durable: reset the buffers.
         for p in self._pending.values():
             p.video_start += p.frames
@@ -222,8 +231,13 @@ class ShardWriter:
         self._buffered = 0
         self._last_commit = time.monotonic()
 
-    def _write_segment(self, seg: str, groups: list[_Pending]) -> list[dict[str, Any]]:
+    def _write_segment(
+        self, seg: str, groups: list[_Pending], finals: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Stage, fsync and rename one segment; its journal lines. The segment's attributes
+        repeat those lines (and the videos it completes) so a lost journal can be rebuilt."""
         import zarr
+        from zarr.codecs import Crc32cCodec
 
         lay = self.layout
         tokens = np.concatenate([t for g in groups for t in g.tokens])
@@ -243,13 +257,27 @@ class ShardWriter:
                 }
             )
             start += g.frames
+        starts = [
+            {"kind": "start", "video_id": g.video_id, "attempt": g.attempt, "source": g.source}
+            for g in groups
+            if not g.started and g.source is not None
+        ]
+        segment = {
+            "kind": "segment",
+            "segment": seg,
+            "frames": n,
+            "shape": list(tokens.shape),
+            "dtype": lay.dtype,
+            "crc32c": {"tokens": checksum(tokens), "pts": checksum(pts)},
+        }
+        attrs = {
+            "pieces": [{k: v for k, v in p.items() if k != "kind"} for p in pieces],
+            "segment": {k: v for k, v in segment.items() if k not in ("kind", "segment")},
+            "starts": [{k: v for k, v in r.items() if k != "kind"} for r in starts],
+            "videos": [{k: v for k, v in r.items() if k != "kind"} for r in finals],
+        }
         staging = self.dir / f".staging-{seg}-{uuid.uuid4().hex[:8]}"
-        group = zarr.open_group(
-            staging,
-            mode="w",
-            zarr_format=3,
-            attributes={"pieces": [{k: v for k, v in p.items() if k != "kind"} for p in pieces]},  # type: ignore[misc]
-        )
+        group = zarr.open_group(staging, mode="w", zarr_format=3, attributes=attrs)  # type: ignore[arg-type]
         chunk = min(lay.chunk_frames, n)
         shard = min(lay.file_frames, -(-n // chunk) * chunk)
         arr = group.create_array(
@@ -258,8 +286,9 @@ class ShardWriter:
             chunks=(chunk, lay.tokens_per_frame, lay.dim),
             shards=(shard, lay.tokens_per_frame, lay.dim),
             dtype=tokens.dtype,
-            compressors=None,
+            compressors=[Crc32cCodec()],  # per chunk, checked on every read
             fill_value=0,
+            config={"write_empty_chunks": True},  # every chunk on disk: missing = lost
             dimension_names=("frame", "token", "channel"),
             attributes={"streamfeat_dtype": lay.dtype},
         )
@@ -269,15 +298,16 @@ class ShardWriter:
             shape=(n,),
             chunks=(n,),
             dtype="float64",
-            compressors=None,
+            compressors=[Crc32cCodec()],
             fill_value=0.0,
+            config={"write_empty_chunks": True},
             dimension_names=("frame",),
         )
         parr[...] = pts
         _fsync_tree(staging)
         os.rename(staging, self.dir / seg)
         _fsync_dir(self.dir)
-        return [{"kind": "segment", "segment": seg, "frames": n}, *pieces]
+        return [segment, *starts, *pieces]
 
     def close(self) -> None:
         """Commit what is buffered (unfinished videos keep their committed frames for resume)."""
@@ -339,3 +369,68 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fingerprint(path: str | Path) -> dict[str, Any]:
+    """What identifies a source file's content cheaply: size, mtime and a crc32c of its first
+    and last 64 KiB (catches a same-size replacement that kept the mtime)."""
+    import google_crc32c
+
+    path = Path(path)
+    st = path.stat()
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+        f.seek(max(0, st.st_size - (1 << 16)))
+        tail = f.read(1 << 16)
+    return {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "crc32c_ends": int(google_crc32c.value(head + tail)),
+    }
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in keys)
+
+
+def take_lock(root: Path, shard: int) -> int:
+    """Take the shard's writer lock (its fd; closing it releases), or raise ShardLockedError."""
+    lock = lock_path(root, shard)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ShardLockedError(
+            f"shard {shard} of {root} is being written by another process "
+            f"(lock {lock}); one writer per shard"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+    return fd
+
+
+@contextlib.contextmanager
+def holding_shard(root: str | Path, shard: int) -> Iterator[None]:
+    """Hold shard ``shard``'s writer lock (for repairs outside a writer)."""
+    fd = take_lock(Path(root), shard)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def mark_damaged(root: str | Path, shard: int, attempts: dict[str, str], why: str) -> None:
+    """Journal that these videos' attempts (video id -> attempt) are damaged: the index no
+    longer counts them done, so the next extract redoes exactly those."""
+    now = time.time()
+    with holding_shard(root, shard):
+        append_records(
+            journal_path(Path(root), shard),
+            [
+                {"kind": "damaged", "video_id": v, "attempt": a, "why": why, "at": now}
+                for v, a in attempts.items()
+            ],
+        )

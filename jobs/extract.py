@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 import time
@@ -11,7 +12,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cache import ShardWriter, StoreLayout, VideoEntry, init_store, load_index
+from cache import (
+    ShardWriter,
+    StoreLayout,
+    StoreMismatchError,
+    VideoEntry,
+    fingerprint,
+    init_store,
+    load_index,
+    read_store_attrs,
+)
 from extract.encoders import Encoder, EncoderConfig, build_encoder, describe
 from extract.pipeline import (
     Batching,
@@ -121,7 +131,53 @@ def features_of(spec: ExtractSpec, encoder: FrameEncoder, layout: StoreLayout) -
         "tokens_per_frame": encoder.tokens_per_frame,
         "dim": encoder.dim,
         "dtype": layout.dtype,
+        "compute": compute_kind(spec.encoder),
     }
+
+
+def compute_kind(cfg: EncoderConfig) -> dict[str, str]:
+    """The effective compute of an encoder setting: device kind and autocast dtype (``auto``
+    resolved), so a store begun in fp32 on CPU is not continued in bf16 on a GPU."""
+    import torch
+
+    from extract.encoders import resolve_autocast
+
+    name = getattr(cfg, "device", "auto")
+    device = (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if name == "auto"
+        else (torch.device(name))
+    )
+    return {"device": device.type, "autocast": resolve_autocast(cfg.autocast, device)}
+
+
+def check_store_settings(spec: ExtractSpec) -> None:
+    """Refuse a run whose settings differ from an existing store's, before anything is skipped:
+    one error naming the setting (the encoder's weights are compared once it is loaded)."""
+    root = Path(spec.store)
+    if not (root / "zarr.json").is_file():
+        return
+    stored = read_store_attrs(root)["features"]
+    run = {
+        "encoder": describe(spec.encoder),
+        "fps": spec.decode.fps,
+        "dtype": spec.store_layout(1, 1).dtype,
+        "compute": compute_kind(spec.encoder),
+    }
+    run = json.loads(json.dumps(run))
+    for key, value in run.items():
+        if key in stored and stored[key] != value:
+            old = stored[key]
+            if isinstance(value, dict) and isinstance(old, dict):  # name the inner setting
+                key, old, value = next(
+                    (f"{key}.{k}", old.get(k), value.get(k))
+                    for k in sorted(set(old) | set(value))
+                    if old.get(k) != value.get(k)
+                )
+            raise StoreMismatchError(
+                f"store {spec.store!r} was made with other settings: {key}: store has "
+                f"{old!r}, this run has {value!r}; use the same settings or another store="
+            )
 
 
 def indexed_videos(store: str | Path) -> dict[str, VideoEntry]:
@@ -167,6 +223,7 @@ def run_shard(
     remote ones); by default both run here.
     """
     t0, started_at = time.perf_counter(), time.time()
+    check_store_settings(spec)
     todo, skipped = shard_todo(spec, shard, shard_count)
     result = ShardResult(shard, shard_count, len(todo) + skipped, skipped, started_at=started_at)
     if not todo:
@@ -179,9 +236,11 @@ def run_shard(
     with ShardWriter(
         spec.store, shard, commit_interval_s=spec.commit_interval_s, provenance=prov
     ) as writer:
+        # Re-read under the shard's lock: another run may have just finished some of these.
+        todo = shard_todo(spec, shard, shard_count)[0]
         pipe = ExtractPipeline(
             enc,
-            writer,
+            _FingerprintedSink(writer, todo),
             decode=spec.decode,
             batch_frames=spec.batch_frames,
             batching=spec.batching,
@@ -193,6 +252,26 @@ def run_shard(
     tally.bar.close()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+class _FingerprintedSink:
+    """The shard writer, given each source's fingerprint when its video starts (a changed
+    source restarts the video instead of resuming it; ``job=verify`` compares it later)."""
+
+    def __init__(self, writer: ShardWriter, tasks: Sequence[VideoTask]) -> None:
+        self.writer = writer
+        self.paths = {t.video_id: t.path for t in tasks}
+        self.write, self.finish, self.fail = writer.write, writer.finish, writer.fail
+
+    def start(self, video_id: str) -> int:
+        try:
+            source = fingerprint(self.paths[video_id])
+        except OSError:
+            source = None  # unreadable: the decoder says why
+        start = self.writer.start(video_id, source=source)
+        if video_id in self.writer.restarted:
+            print(f"extract: {video_id}: {self.writer.restarted[video_id]}", file=sys.stderr)
+        return start
 
 
 class _Tally:
@@ -255,6 +334,7 @@ class ExtractJob:
         t0, submitted_at = time.perf_counter(), time.time()
         inputs = resolve_videos(self.videos, self.spec.videos_root)
         spec = replace(self.spec, videos=tuple(inputs))
+        check_store_settings(spec)  # before any decision to skip
         known = indexed_videos(spec.store)  # read once here, not once per shard
         before = {vid: e.status for vid, e in known.items()}
         shards = min(self._shard_count(), len(inputs))

@@ -31,7 +31,7 @@ def store_status(store: str | Path) -> dict[str, Any]:
         s[e.status] += 1
         s["frames"] += int(e.record.get("num_frames", 0)) if e.status == "done" else 0
     for shard, journal in journal_paths(root).items():
-        runs = [r for r in read_journal(journal) if r["kind"] == "run"]
+        runs = [r for r in read_journal(journal) if r.get("kind") == "run"]
         if runs:
             s = shards.setdefault(shard, {"done": 0, "failed": 0, "frames": 0})
             s["last_run_started_at"] = runs[-1]["started_at"]
@@ -63,7 +63,19 @@ def store_status(store: str | Path) -> dict[str, Any]:
         },
         "shards": shards,
         "problems": index.problems,
+        "source_changed": _sources_changed(index),
     }
+
+
+def _sources_changed(index: Any) -> dict[str, str]:
+    """Done videos whose source file changed since they were extracted."""
+    from jobs.verify import source_changed
+
+    out = {}
+    for vid, e in index.videos.items():
+        if e.status == "done" and (why := source_changed(e.record, content=False)):
+            out[vid] = why
+    return out
 
 
 def format_status(s: dict[str, Any]) -> str:
@@ -94,6 +106,8 @@ def format_status(s: dict[str, Any]) -> str:
         lines.append(f"  IN PROGRESS {vid}: {frames} frames committed")
     for vid, why in sorted(s["failures"].items()):
         lines.append(f"  FAILED {vid}: {why}")
+    for vid, why in sorted(s["source_changed"].items()):
+        lines.append(f"  SOURCE CHANGED {vid}: {why} (its features are of the old file)")
     for p in s["problems"]:
         lines.append(f"  PROBLEM {p}")
     return "\n".join(lines)
@@ -109,4 +123,4 @@ class StatusJob:
     def run(self) -> int:
         s = store_status(self.store)
         print(json.dumps(s, indent=1, default=str) if self.as_json else format_status(s))
-        return 1 if s["failed"] or s["problems"] else 0
+        return 1 if s["failed"] or s["problems"] or s["source_changed"] else 0

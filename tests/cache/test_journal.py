@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cache.journal import append_records, build_index, read_journal
+from cache.journal import JournalDamageWarning, append_records, build_index, read_journal
 
 RECORDS = [
     {"kind": "segment", "segment": "seg-000000", "frames": 5},
@@ -35,9 +35,12 @@ def test_blank_lines_are_skipped_and_a_damaged_line_is_named(tmp_path: Path) -> 
     lines = [json.dumps(r) for r in RECORDS]
     path.write_text(lines[0] + "\n\n" + lines[1] + "\n" + lines[2] + "\n")
     assert read_journal(path) == RECORDS  # the line-by-line path
+    # One damaged line costs that line only: skipped with a warning that names it.
     path.write_text(lines[0] + "\n" + lines[1][:30] + "\n" + lines[2] + "\n")
-    with pytest.raises(ValueError, match="corrupt line in journal .*shard-00000.jsonl"):
-        read_journal(path)
+    damaged: list[str] = []
+    with pytest.warns(JournalDamageWarning, match="shard-00000.jsonl line 2: damaged"):
+        assert read_journal(path, damaged) == [RECORDS[0], RECORDS[2]]
+    assert len(damaged) == 1 and "line 2" in damaged[0]
     path.write_text(lines[0] + "\n" + "[1, 2]\n" + lines[2] + "\n")  # JSON, but not a record
-    with pytest.raises(ValueError, match="corrupt line"):
-        read_journal(path)
+    with pytest.warns(JournalDamageWarning, match="line 2"):
+        assert read_journal(path) == [RECORDS[0], RECORDS[2]]
