@@ -12,14 +12,14 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 
-from extract.frames import DecodeOptions, FrameReader, VideoProbe
+from extract.frames import DecodeOptions, FrameReader, VideoProbe, default_workers
 
 OutDtype = Literal["float16", "bfloat16"]
 Batching = Literal["dynamic", "fixed"]
@@ -88,6 +88,13 @@ class _Fail:
 _DONE = object()
 
 
+@dataclass
+class _Decoders:
+    queues: list[queue.Queue]
+    threads: list[threading.Thread]
+    count: int
+
+
 def probe_record(task: VideoTask, probe: VideoProbe | None, fps: float) -> dict[str, Any]:
     """The index fields known about a video from its probe."""
     rec: dict[str, Any] = {"source_path": str(task.path), "fps": fps}
@@ -144,6 +151,15 @@ def local_source(opts: DecodeOptions) -> FrameSource:
     return lambda task, size: _LocalVideo(task, size, opts)
 
 
+def decode_workers(decode: DecodeOptions, encoder: Any) -> int:
+    """``decode.workers``, or every usable CPU less the encoder's: its torch threads when it
+    runs on CPU, one feeding thread when on a GPU."""
+    if decode.workers:
+        return decode.workers
+    device = str(getattr(encoder, "device", "cpu"))
+    return default_workers(torch.get_num_threads() if device == "cpu" else 1)
+
+
 class ExtractPipeline:
     """Runs tasks through decode and ``encoder`` into ``sink``, reporting to ``on_event``.
 
@@ -175,7 +191,11 @@ class ExtractPipeline:
         self.encoder = encoder
         self.sink = sink
         self.decode = decode
-        self.source = source or local_source(decode)
+        self.workers = decode_workers(decode, encoder)
+        # n decoders share the memory budget of full-size pixels
+        self.source = source or local_source(
+            replace(decode, budget_mb=decode.budget_mb / self.workers)
+        )
         self.size = decode.size or encoder.image_size
         if self.size != encoder.image_size:
             raise ValueError(
@@ -195,9 +215,41 @@ class ExtractPipeline:
         self._failed: set[str] = set()  # videos already reported failed mid-stream
         self._sink_lock = threading.Lock()  # the producer starts videos while we write others
 
-    # -- producer --------------------------------------------------------------------------
+    # -- decoders (several videos in parallel, each video's chunks in order) ----------------
 
-    def _produce(self, tasks: Sequence[VideoTask], out: queue.Queue, stop: threading.Event) -> None:
+    def _decoders(self, tasks: Sequence[VideoTask], stop: threading.Event) -> _Decoders:
+        """Start the decode threads. ``fixed`` batching: thread k decodes ``tasks[k::n]`` into
+        its own queue, read back in task order (so batches do not depend on timing);
+        ``dynamic``: the threads take the next task as they free up, into one shared queue."""
+        n = max(1, min(self.workers, len(tasks)))
+        total = max(1, self.decode.queue_chunks)
+        fixed = self.batching == "fixed"
+        queues: list[queue.Queue] = [
+            queue.Queue(maxsize=max(1, total // n)) for _ in range(n if fixed else 1)
+        ]
+        shared = iter(tasks)
+        lock = threading.Lock()
+
+        def next_task(k: int) -> Iterator[VideoTask]:
+            if fixed:
+                yield from tasks[k::n]
+                return
+            while True:
+                with lock:
+                    task = next(shared, None)
+                if task is None:
+                    return
+                yield task
+
+        threads = []
+        for k in range(n):
+            args = (next_task(k), queues[k if fixed else 0], stop)
+            threads.append(threading.Thread(target=self._produce, args=args, daemon=True))
+        for t in threads:
+            t.start()
+        return _Decoders(queues, threads, n)
+
+    def _produce(self, tasks: Iterable[VideoTask], out: queue.Queue, stop: threading.Event) -> None:
         def put(item: object) -> bool:
             while not stop.is_set():
                 try:
@@ -231,22 +283,39 @@ class ExtractPipeline:
             msg = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
             put(_Fail(task.video_id, record, msg))
 
+    def _decoded(self, dec: _Decoders, tasks: Sequence[VideoTask]) -> Iterator[tuple[Any, bool]]:
+        """Decoded items in the order the encoder takes them, each with whether more is
+        already waiting (dynamic batching encodes early when nothing is)."""
+        if len(dec.queues) == 1:
+            q, done = dec.queues[0], 0
+            while done < dec.count:
+                item = q.get()
+                if item is _DONE:
+                    done += 1
+                else:
+                    yield item, not q.empty()
+            return
+        for i, task in enumerate(tasks):
+            q = dec.queues[i % dec.count]
+            while True:
+                item = q.get()
+                if item is _DONE:
+                    raise RuntimeError(f"decode thread {i % dec.count} ended early")
+                yield item, True
+                if isinstance(item, _End | _Fail) and item.video_id == task.video_id:
+                    break
+
     # -- consumer --------------------------------------------------------------------------
 
     def run(self, tasks: Iterable[VideoTask]) -> None:
         """Process every task; returns when all are finished or failed."""
         tasks = list(tasks)
-        q: queue.Queue = queue.Queue(maxsize=max(1, self.decode.queue_chunks))
         stop = threading.Event()
-        producer = threading.Thread(target=self._produce, args=(tasks, q, stop), daemon=True)
-        producer.start()
+        dec = self._decoders(tasks, stop)
         pending: list[Any] = []
         pending_frames = 0
         try:
-            while True:
-                item = q.get()
-                if item is _DONE:
-                    break
+            for item, more in self._decoded(dec, tasks):
                 # A chunk that overfills the batch is split: every encoder call but the last
                 # of a run gets exactly batch_frames frames (fixed batching).
                 while isinstance(item, _Frames):
@@ -261,14 +330,15 @@ class ExtractPipeline:
                 pending.append(item)
                 if isinstance(item, _Frames):
                     pending_frames += len(item.frames)
-                eager = self.batching == "dynamic" and q.empty()  # nothing more decoded yet
+                eager = self.batching == "dynamic" and not more  # nothing more decoded yet
                 if pending_frames >= self.batch_frames or eager:
                     self._flush(pending)
                     pending, pending_frames = [], 0
             self._flush(pending)
         finally:
             stop.set()
-            producer.join()
+            for t in dec.threads:
+                t.join()
 
     def _flush(self, events: list[Any]) -> None:
         """Encode the frames in ``events`` (at most a batch), then deliver events in order."""
