@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -214,6 +215,8 @@ class ExtractPipeline:
         self.on_event = on_event or (lambda kind, vid, n: None)
         self._failed: set[str] = set()  # videos already reported failed mid-stream
         self._sink_lock = threading.Lock()  # the producer starts videos while we write others
+        # per video: seconds its decoder worked and its share of encoder time (job=status)
+        self._rates: dict[str, dict[str, float]] = {}
 
     # -- decoders (several videos in parallel, each video's chunks in order) ----------------
 
@@ -274,14 +277,26 @@ class ExtractPipeline:
                 start = self.sink.start(task.video_id)
             video = self.source(task, self.size)
             record = video.record
-            chunks = video.chunks(start)
-            for frames, pts in chunks:
+            for frames, pts in self._timed_chunks(task.video_id, video.chunks(start)):
                 if not put(_Frames(task.video_id, frames, pts, record)):
                     return
             put(_End(task.video_id, record))
         except Exception as e:  # noqa: BLE001 - every per-video failure is recorded, not raised
             msg = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
             put(_Fail(task.video_id, record, msg))
+
+    def _timed_chunks(
+        self, video_id: str, chunks: Iterator[tuple[torch.Tensor, np.ndarray]]
+    ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """``chunks``, adding the seconds spent decoding them to the video's rates."""
+        rate = self._rates.setdefault(video_id, {"decode_seconds": 0.0, "encode_seconds": 0.0})
+        while True:
+            t0 = time.perf_counter()
+            item = next(chunks, None)
+            rate["decode_seconds"] += time.perf_counter() - t0
+            if item is None:
+                return
+            yield item
 
     def _decoded(self, dec: _Decoders, tasks: Sequence[VideoTask]) -> Iterator[tuple[Any, bool]]:
         """Decoded items in the order the encoder takes them, each with whether more is
@@ -349,12 +364,17 @@ class ExtractPipeline:
             allframes = torch.cat([e.frames for e in frame_events])
             owners = np.repeat(np.arange(len(frame_events)), [len(e.frames) for e in frame_events])
             self.batch_sizes.append(len(allframes))
+            t0 = time.perf_counter()
             try:
                 encoded: torch.Tensor | None = self.encoder.encode(allframes)
             except Exception as e:  # noqa: BLE001 - an encoder error fails these videos only
                 for ev in frame_events:
                     failed[ev.video_id] = f"encoder failed: {type(e).__name__}: {e}"
                 encoded = None
+            share = (time.perf_counter() - t0) / len(allframes)
+            for ev in frame_events:
+                rate = self._rates.setdefault(ev.video_id, {"decode_seconds": 0.0})
+                rate["encode_seconds"] = rate.get("encode_seconds", 0.0) + share * len(ev.frames)
             if encoded is not None:
                 for i, ev in enumerate(frame_events):
                     mine = encoded[owners == i]
@@ -397,5 +417,6 @@ class ExtractPipeline:
                 self.sink.write(vid, tokens[i], ev.pts)
                 self.on_event("frames", vid, len(ev.pts))
             else:
-                self.sink.finish(vid, ev.record)
+                rates = {k: round(v, 4) for k, v in self._rates.pop(vid, {}).items()}
+                self.sink.finish(vid, {**ev.record, **rates, "decode_workers": self.workers})
                 self.on_event("done", vid, ev.record["num_frames"])

@@ -19,6 +19,7 @@ from extract.frames import DecodeOptions, default_workers, usable_cpus
 from extract.pipeline import VideoTask
 from extract.samples import make_bad_inputs, make_video
 from jobs.extract import ExtractSpec, run_shard
+from jobs.status import format_status, store_status
 from tests.jobs.cli import ROOT, run_cli
 
 
@@ -62,6 +63,11 @@ def test_tokens_identical_across_decode_parallelism(tmp_path: Path, tiny_siglip:
         res = run_shard(spec(tmp_path / f"w{w}.zarr", tasks, tiny_siglip, w), 0, 1)
         assert res.done == len(tasks) and not res.failed
         got[w] = stored(tmp_path / f"w{w}.zarr")
+        status = store_status(tmp_path / f"w{w}.zarr")  # job=status shows what bounds the run
+        rates = status["rates"]
+        assert rates["decode_workers"] == w and rates["bound"] in ("decode", "encode")
+        assert rates["decode_fps_per_decoder"] > 0 and rates["encode_fps"] > 0
+        assert f"x {w} decoders" in format_status(status)
     assert list(got[1]) == list(got[3]) == [t.video_id for t in tasks]
     for vid in got[1]:
         for a, b in zip(got[1][vid], got[3][vid], strict=True):
