@@ -20,10 +20,11 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from extract.frames import DecodeOptions, FrameReader, VideoProbe, default_workers
+from extract.frames import DecodeOptions, FrameReader, VideoProbe, default_workers, resize_pad
 
 OutDtype = Literal["float16", "bfloat16"]
 Batching = Literal["dynamic", "fixed"]
+ResizeOn = Literal["auto", "decode", "encoder"]  # auto: the encoder's device if a GPU
 
 
 @dataclass(frozen=True)
@@ -138,18 +139,39 @@ def open_reader(path: str | Path, size: int, opts: DecodeOptions) -> FrameReader
 
 
 class _LocalVideo:
-    def __init__(self, task: VideoTask, size: int, opts: DecodeOptions) -> None:
+    def __init__(self, task: VideoTask, size: int, opts: DecodeOptions, native: bool) -> None:
         self.reader = open_reader(task.path, size, opts)
+        self.native = native
         self.record = {**probe_record(task, self.reader.probe, opts.fps)}
         self.record["num_frames"] = self.reader.num_frames
 
     def chunks(self, start_frame: int) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        if self.native:  # resized in the encoder's batch (on its GPU)
+            return self.reader.native_chunks(start_frame)
         return self.reader.chunks(start_frame)
 
 
-def local_source(opts: DecodeOptions) -> FrameSource:
-    """Decode in this process with torchcodec (the default source)."""
-    return lambda task, size: _LocalVideo(task, size, opts)
+def local_source(opts: DecodeOptions, native: bool = False) -> FrameSource:
+    """Decode in this process (PyAV with the skip, or torchcodec; the default source).
+    ``native``: frames at their display size, for :func:`to_encoder` to resize."""
+    return lambda task, size: _LocalVideo(task, size, opts, native)
+
+
+def encoder_device(encoder: Any) -> torch.device:
+    """The device an encoder computes on (CPU for encoders that do not say)."""
+    return torch.device(getattr(encoder, "device", "cpu"))
+
+
+def to_encoder(chunks: Sequence[torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
+    """Native-size uint8 chunks (one per video, sizes may differ) -> one resized, padded batch
+    on ``device``: host memory is pinned so the copies are asynchronous (non_blocking) and
+    overlap with the work already queued on the GPU; resize and pad then run there."""
+    out = []
+    for frames in chunks:
+        if device.type == "cuda" and not frames.is_pinned():
+            frames = frames.pin_memory()
+        out.append(resize_pad(frames.to(device, non_blocking=True), size))
+    return torch.cat(out)
 
 
 def decode_workers(decode: DecodeOptions, encoder: Any) -> int:
@@ -188,14 +210,25 @@ class ExtractPipeline:
         out_dtype: OutDtype = "float16",
         on_event: Any = None,
         source: FrameSource | None = None,
+        resize_on: ResizeOn = "auto",
     ) -> None:
         self.encoder = encoder
         self.sink = sink
         self.decode = decode
         self.workers = decode_workers(decode, encoder)
-        # n decoders share the memory budget of full-size pixels
+        self.device = encoder_device(encoder)
+        # On a GPU encoder, decoders hand over native-size frames and resize+pad run on the
+        # GPU in the encoder's batch (``resize_on="encoder"``; a given ``source`` resizes).
+        if resize_on == "auto":
+            resize_on = "encoder" if self.device.type == "cuda" and source is None else "decode"
+        self.native = resize_on == "encoder"
+        if self.native and source is not None:
+            raise ValueError("resize_on='encoder' needs the local source")
+        # The decoders share the budget of full-size pixels; native-size chunks also wait in
+        # the queue, so then every chunk that may be held at once shares it.
+        held = self.workers + (max(1, decode.queue_chunks) if self.native else 0)
         self.source = source or local_source(
-            replace(decode, budget_mb=decode.budget_mb / self.workers)
+            replace(decode, budget_mb=decode.budget_mb / held), native=self.native
         )
         self.size = decode.size or encoder.image_size
         if self.size != encoder.image_size:
@@ -361,7 +394,10 @@ class ExtractPipeline:
         failed: dict[str, str] = {}
         tokens: dict[int, np.ndarray] = {}
         if frame_events:
-            allframes = torch.cat([e.frames for e in frame_events])
+            if self.native:
+                allframes = to_encoder([e.frames for e in frame_events], self.size, self.device)
+            else:
+                allframes = torch.cat([e.frames for e in frame_events])
             owners = np.repeat(np.arange(len(frame_events)), [len(e.frames) for e in frame_events])
             self.batch_sizes.append(len(allframes))
             t0 = time.perf_counter()

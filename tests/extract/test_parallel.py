@@ -9,14 +9,15 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from cache import load_index, open_store
-from extract.encoders import SiglipConfig
+from extract.encoders import SiglipConfig, build_encoder
 from extract.frames import DecodeOptions, default_workers, usable_cpus
-from extract.pipeline import VideoTask
+from extract.pipeline import ExtractPipeline, VideoTask
 from extract.samples import make_bad_inputs, make_video
 from jobs.extract import ExtractSpec, run_shard
 from jobs.status import format_status, store_status
@@ -124,3 +125,42 @@ def test_kill_9_during_parallel_decoding_then_rerun_equals_a_clean_run(
     for vid in a:
         for x, y in zip(a[vid], b[vid], strict=True):
             np.testing.assert_array_equal(x, y)
+
+
+def test_resize_in_the_encoders_batch_gives_the_same_tokens(
+    tmp_path: Path, tiny_siglip: Path
+) -> None:
+    """The GPU code path (native-size frames, resize+pad in the encoder's batch) run on CPU."""
+    tasks = videos(tmp_path / "in", 3)  # three display sizes in one batch
+    encoder = build_encoder(SiglipConfig(pretrained=str(tiny_siglip)))
+    got = {}
+    for where in ("decode", "encoder"):
+        sink = TokenSink()
+        pipe = ExtractPipeline(
+            encoder, sink, decode=DecodeOptions(frames_per_call=3, workers=2), batch_frames=7,
+            batching="fixed", resize_on=where,
+        )  # fmt: skip
+        assert pipe.native == (where == "encoder")
+        pipe.run(tasks)
+        got[where] = sink.tokens
+    assert got["decode"].keys() == got["encoder"].keys() == {t.video_id for t in tasks}
+    for vid, tokens in got["decode"].items():
+        np.testing.assert_array_equal(np.concatenate(tokens), np.concatenate(got["encoder"][vid]))
+
+
+class TokenSink:
+    def __init__(self) -> None:
+        self.tokens: dict[str, list[np.ndarray]] = {}
+
+    def start(self, video_id: str) -> int:
+        self.tokens[video_id] = []
+        return 0
+
+    def write(self, video_id: str, tokens: np.ndarray, pts_seconds: np.ndarray) -> None:
+        self.tokens[video_id].append(tokens)
+
+    def finish(self, video_id: str, record: dict[str, Any]) -> None:
+        assert record["decode_seconds"] > 0
+
+    def fail(self, video_id: str, record: dict[str, Any], error: str) -> None:
+        raise AssertionError(f"{video_id}: {error}")
