@@ -8,6 +8,7 @@ correct for variable frame rate; a video shorter than ``1 / fps`` gives one fram
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,10 +38,33 @@ class DecodeOptions:
     seek_mode: SeekMode = "exact"  # exact (scans the file, right for VFR) | approximate
     device: str = "cpu"  # cpu | cuda (NVDEC)
     queue_chunks: int = 16  # decoded chunks buffered ahead of the encoder
+    # cpu: decode only the frames sampled frames need (PyAV, FFmpeg skip_frame); same bits
+    skip: bool = True
+    # videos decoded in parallel by one task; None = the CPUs this process may use, less the
+    # encoder's (extract.frames.default_workers)
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if not self.fps > 0:
             raise ValueError(f"job.decode.fps must be > 0, got {self.fps}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"job.decode.workers must be >= 1 or null, got {self.workers}")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity (which a SLURM allocation sets), else
+    ``SLURM_CPUS_PER_TASK``, else ``os.cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        pass
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return int(slurm) if slurm.isdigit() and int(slurm) > 0 else os.cpu_count() or 1
+
+
+def default_workers(encoder_cpus: int = 1, cpus: int | None = None) -> int:
+    """Videos to decode in parallel: every usable CPU less ``encoder_cpus`` (at least one)."""
+    return max(1, (cpus or usable_cpus()) - max(0, encoder_cpus))
 
 
 @dataclass(frozen=True)
@@ -148,6 +172,13 @@ class FrameReader:
         # Full-size decoded frames are what costs memory (a 4K frame is 25 MB): cap the chunk.
         cap = int(decode.budget_mb * 2**20 // frame_bytes)
         self.frames_per_call = max(1, min(decode.frames_per_call, cap))
+        self.sampler: SampledDecoder | None = None
+        if decode.skip and decode.device == "cpu":
+            try:
+                self.sampler = SampledDecoder(self.path, decode.threads)
+            except Exception:  # noqa: BLE001 - PyAV cannot index it: torchcodec decodes it all
+                self.sampler = None
+        self._targets = self.sampler.targets(self.times) if self.sampler else None
 
     @property
     def num_frames(self) -> int:
@@ -155,18 +186,155 @@ class FrameReader:
 
     def chunks(self, start_frame: int = 0) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
         """Yield the sampled frames from ``start_frame`` on, ``frames_per_call`` at a time."""
+        for frames, pts in self.native_chunks(start_frame):
+            yield resize_pad(frames, self.size), pts
+
+    def native_chunks(self, start_frame: int = 0) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """As :meth:`chunks`, at the video's display size (before resize and pad)."""
         for lo in range(start_frame, self.num_frames, self.frames_per_call):
             ts = self.times[lo : lo + self.frames_per_call]
             try:
-                batch = self.decoder.get_frames_played_at(seconds=ts.tolist())
+                yield self._decode_chunk(lo, ts)
             except Exception as e:  # noqa: BLE001 - reported as this video's failure
                 raise ValueError(
                     f"decoding failed at {ts[0]:.3f}-{ts[-1]:.3f} s "
                     f"(frames {lo}-{lo + len(ts) - 1} of {self.num_frames}): "
                     f"{_one_line(e, self.path)}"
                 ) from None
-            frames = resize_pad(batch.data, self.size)
-            yield frames, batch.pts_seconds.numpy().astype(np.float64)
+
+    def _decode_chunk(self, lo: int, ts: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        if self.sampler is None or self._targets is None:
+            batch = self.decoder.get_frames_played_at(seconds=ts.tolist())
+            return batch.data, batch.pts_seconds.numpy().astype(np.float64)
+        gen = self.sampler.frames(self._targets, lo)
+        items = [item for _, item in zip(range(len(ts)), gen, strict=False)]
+        if len(items) < len(ts):
+            raise ValueError(f"{len(ts) - len(items)} sampled frames missing at the end")
+        rgb = torch.from_numpy(np.stack([a for a, _ in items])).permute(0, 3, 1, 2)
+        pts = self.sampler.to_seconds(np.array([p for _, p in items], dtype=np.int64))
+        return _rotate(rgb, self.probe.rotation), pts
+
+
+class SampledDecoder:
+    """Decode only what the sampled frames need, with PyAV (FFmpeg's ``skip_frame``).
+
+    One demux pass (no decoding) lists every frame's pts. Decoding then sends each packet with
+    ``skip_frame`` = ``DEFAULT`` when its frame is sampled and ``NONREF`` otherwise: FFmpeg
+    drops the non-reference frames that no sampled frame needs, and decodes the rest exactly as
+    a full decode would (same bits). Frames come out in display order; a resumed pass seeks to a
+    keyframe at or before the first wanted frame. Not thread-safe (one reader, one thread).
+    """
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        import av
+
+        self.path = path
+        self.threads = threads
+        with av.open(str(path)) as container:
+            stream = container.streams.best("video")
+            if stream is None:
+                raise ValueError("no video stream in the file (audio only?)")
+            self.stream_index = stream.index
+            tb = stream.time_base
+            self.time_base = (tb.numerator, tb.denominator) if tb else (0, 1)
+            raw = [(p.pts, p.dts, p.is_keyframe) for p in container.demux(stream) if p.size > 0]
+        packets = [(pts, dts, key) for pts, dts, key in raw if pts is not None]
+        if not packets or len(packets) < len(raw):
+            raise ValueError("packets without pts: cannot sample by timestamp with PyAV")
+        #: pts of every frame, in display order, as stream ticks and as seconds
+        self.pts = np.array(sorted(p[0] for p in packets), dtype=np.int64)
+        self.seconds = self.to_seconds(self.pts)
+        self._packets = packets  # decode order
+        self._live: tuple[int, Iterator[tuple[np.ndarray, int]]] | None = None
+        self.decoded = 0  # frames the decoder produced (the rest it skipped)
+
+    def to_seconds(self, pts: np.ndarray) -> np.ndarray:
+        """Stream ticks -> seconds, as torchcodec rounds them (``pts * num / den`` in double)."""
+        num, den = self.time_base
+        return pts.astype(np.float64) * num / den
+
+    def targets(self, times: np.ndarray) -> np.ndarray:
+        """The pts of the frame displayed at each time (the last frame with pts <= t)."""
+        idx = np.searchsorted(self.seconds, times, side="right") - 1
+        return self.pts[np.clip(idx, 0, len(self.pts) - 1)]
+
+    def frames(self, targets: np.ndarray, first: int) -> Iterator[tuple[np.ndarray, int]]:
+        """Yield ``(rgb (H, W, 3) uint8, pts)`` for ``targets[first:]`` (non-decreasing pts),
+        continuing the previous pass when it stopped right before ``first``."""
+        if self._live is not None and self._live[0] == first:
+            gen = self._live[1]
+        else:
+            gen = self._decode(targets[first:])
+        self._live = None
+        k = first
+        for item in gen:
+            k += 1
+            self._live = (k, gen)
+            yield item
+
+    def _start_packet(self, first_pts: int) -> int:
+        """Index (decode order) of the keyframe to start at so that ``first_pts`` decodes."""
+        start = 0
+        for i, (pts, _dts, key) in enumerate(self._packets):
+            if key and pts <= first_pts:
+                start = i
+            if pts == first_pts:
+                break
+        return start
+
+    def _decode(self, targets: np.ndarray) -> Iterator[tuple[np.ndarray, int]]:
+        if len(targets):
+            start = self._start_packet(int(targets[0]))
+            try:
+                yield from self._decode_from(targets, start)
+            except _SeekMissed:  # the demuxer's seek went past our keyframe: from the start
+                yield from self._decode_from(targets, 0)
+
+    def _decode_from(self, targets: np.ndarray, start: int) -> Iterator[tuple[np.ndarray, int]]:
+        import av
+
+        wanted = set(targets.tolist())
+        with av.open(str(self.path)) as container:
+            stream = container.streams.video[self.stream_index]
+            ctx = stream.codec_context
+            ctx.thread_count = self.threads
+            if start > 0:
+                container.seek(self._packets[start][0], stream=stream, backward=True)
+            j = 0
+            started = start == 0
+            for packet in container.demux(stream):
+                if not started:  # drop what the seek landed on before our keyframe
+                    started = (packet.pts, packet.dts) == self._packets[start][:2]
+                    if not started:
+                        continue
+                skip = packet.pts is not None and packet.pts not in wanted
+                ctx.skip_frame = "NONREF" if skip else "DEFAULT"
+                for frame in ctx.decode(packet):
+                    self.decoded += 1
+                    pts = frame.pts
+                    if pts is None or pts not in wanted or pts < targets[j]:
+                        continue
+                    if pts > targets[j]:
+                        raise ValueError(f"frame at pts {targets[j]} was not decoded")
+                    rgb = frame.to_ndarray(format="rgb24")
+                    while j < len(targets) and targets[j] == pts:
+                        yield rgb, pts
+                        j += 1
+                    if j == len(targets):
+                        return
+        if not started:
+            raise _SeekMissed
+        raise ValueError(f"the stream ended before the frame at pts {targets[j]}")
+
+
+class _SeekMissed(Exception):
+    """The seek landed after the keyframe a resumed pass must start at."""
+
+
+def _rotate(frames: torch.Tensor, rotation: float | None) -> torch.Tensor:
+    """Turn coded frames upright as torchcodec does (rotation: degrees, counter-clockwise)."""
+    turns = round((rotation or 0) / 90) % 4
+    return torch.rot90(frames, turns, dims=(2, 3)).contiguous() if turns else frames.contiguous()
 
 
 def _check_readable(path: Path) -> None:

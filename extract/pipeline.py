@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 
-from extract.frames import DecodeOptions, FrameReader, VideoProbe
+from extract.frames import DecodeOptions, FrameReader, VideoProbe, default_workers, resize_pad
 
 OutDtype = Literal["float16", "bfloat16"]
 Batching = Literal["dynamic", "fixed"]
+ResizeOn = Literal["auto", "decode", "encoder"]  # auto: the encoder's device if a GPU
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,13 @@ class _Fail:
 _DONE = object()
 
 
+@dataclass
+class _Decoders:
+    queues: list[queue.Queue]
+    threads: list[threading.Thread]
+    count: int
+
+
 def probe_record(task: VideoTask, probe: VideoProbe | None, fps: float) -> dict[str, Any]:
     """The index fields known about a video from its probe."""
     rec: dict[str, Any] = {"source_path": str(task.path), "fps": fps}
@@ -130,18 +139,48 @@ def open_reader(path: str | Path, size: int, opts: DecodeOptions) -> FrameReader
 
 
 class _LocalVideo:
-    def __init__(self, task: VideoTask, size: int, opts: DecodeOptions) -> None:
+    def __init__(self, task: VideoTask, size: int, opts: DecodeOptions, native: bool) -> None:
         self.reader = open_reader(task.path, size, opts)
+        self.native = native
         self.record = {**probe_record(task, self.reader.probe, opts.fps)}
         self.record["num_frames"] = self.reader.num_frames
 
     def chunks(self, start_frame: int) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        if self.native:  # resized in the encoder's batch (on its GPU)
+            return self.reader.native_chunks(start_frame)
         return self.reader.chunks(start_frame)
 
 
-def local_source(opts: DecodeOptions) -> FrameSource:
-    """Decode in this process with torchcodec (the default source)."""
-    return lambda task, size: _LocalVideo(task, size, opts)
+def local_source(opts: DecodeOptions, native: bool = False) -> FrameSource:
+    """Decode in this process (PyAV with the skip, or torchcodec; the default source).
+    ``native``: frames at their display size, for :func:`to_encoder` to resize."""
+    return lambda task, size: _LocalVideo(task, size, opts, native)
+
+
+def encoder_device(encoder: Any) -> torch.device:
+    """The device an encoder computes on (CPU for encoders that do not say)."""
+    return torch.device(getattr(encoder, "device", "cpu"))
+
+
+def to_encoder(chunks: Sequence[torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
+    """Native-size uint8 chunks (one per video, sizes may differ) -> one resized, padded batch
+    on ``device``: host memory is pinned so the copies are asynchronous (non_blocking) and
+    overlap with the work already queued on the GPU; resize and pad then run there."""
+    out = []
+    for frames in chunks:
+        if device.type == "cuda" and not frames.is_pinned():
+            frames = frames.pin_memory()
+        out.append(resize_pad(frames.to(device, non_blocking=True), size))
+    return torch.cat(out)
+
+
+def decode_workers(decode: DecodeOptions, encoder: Any) -> int:
+    """``decode.workers``, or every usable CPU less the encoder's: its torch threads when it
+    runs on CPU, one feeding thread when on a GPU."""
+    if decode.workers:
+        return decode.workers
+    device = str(getattr(encoder, "device", "cpu"))
+    return default_workers(torch.get_num_threads() if device == "cpu" else 1)
 
 
 class ExtractPipeline:
@@ -171,11 +210,26 @@ class ExtractPipeline:
         out_dtype: OutDtype = "float16",
         on_event: Any = None,
         source: FrameSource | None = None,
+        resize_on: ResizeOn = "auto",
     ) -> None:
         self.encoder = encoder
         self.sink = sink
         self.decode = decode
-        self.source = source or local_source(decode)
+        self.workers = decode_workers(decode, encoder)
+        self.device = encoder_device(encoder)
+        # On a GPU encoder, decoders hand over native-size frames and resize+pad run on the
+        # GPU in the encoder's batch (``resize_on="encoder"``; a given ``source`` resizes).
+        if resize_on == "auto":
+            resize_on = "encoder" if self.device.type == "cuda" and source is None else "decode"
+        self.native = resize_on == "encoder"
+        if self.native and source is not None:
+            raise ValueError("resize_on='encoder' needs the local source")
+        # The decoders share the budget of full-size pixels; native-size chunks also wait in
+        # the queue, so then every chunk that may be held at once shares it.
+        held = self.workers + (max(1, decode.queue_chunks) if self.native else 0)
+        self.source = source or local_source(
+            replace(decode, budget_mb=decode.budget_mb / held), native=self.native
+        )
         self.size = decode.size or encoder.image_size
         if self.size != encoder.image_size:
             raise ValueError(
@@ -194,10 +248,44 @@ class ExtractPipeline:
         self.on_event = on_event or (lambda kind, vid, n: None)
         self._failed: set[str] = set()  # videos already reported failed mid-stream
         self._sink_lock = threading.Lock()  # the producer starts videos while we write others
+        # per video: seconds its decoder worked and its share of encoder time (job=status)
+        self._rates: dict[str, dict[str, float]] = {}
 
-    # -- producer --------------------------------------------------------------------------
+    # -- decoders (several videos in parallel, each video's chunks in order) ----------------
 
-    def _produce(self, tasks: Sequence[VideoTask], out: queue.Queue, stop: threading.Event) -> None:
+    def _decoders(self, tasks: Sequence[VideoTask], stop: threading.Event) -> _Decoders:
+        """Start the decode threads. ``fixed`` batching: thread k decodes ``tasks[k::n]`` into
+        its own queue, read back in task order (so batches do not depend on timing);
+        ``dynamic``: the threads take the next task as they free up, into one shared queue."""
+        n = max(1, min(self.workers, len(tasks)))
+        total = max(1, self.decode.queue_chunks)
+        fixed = self.batching == "fixed"
+        queues: list[queue.Queue] = [
+            queue.Queue(maxsize=max(1, total // n)) for _ in range(n if fixed else 1)
+        ]
+        shared = iter(tasks)
+        lock = threading.Lock()
+
+        def next_task(k: int) -> Iterator[VideoTask]:
+            if fixed:
+                yield from tasks[k::n]
+                return
+            while True:
+                with lock:
+                    task = next(shared, None)
+                if task is None:
+                    return
+                yield task
+
+        threads = []
+        for k in range(n):
+            args = (next_task(k), queues[k if fixed else 0], stop)
+            threads.append(threading.Thread(target=self._produce, args=args, daemon=True))
+        for t in threads:
+            t.start()
+        return _Decoders(queues, threads, n)
+
+    def _produce(self, tasks: Iterable[VideoTask], out: queue.Queue, stop: threading.Event) -> None:
         def put(item: object) -> bool:
             while not stop.is_set():
                 try:
@@ -222,8 +310,7 @@ class ExtractPipeline:
                 start = self.sink.start(task.video_id)
             video = self.source(task, self.size)
             record = video.record
-            chunks = video.chunks(start)
-            for frames, pts in chunks:
+            for frames, pts in self._timed_chunks(task.video_id, video.chunks(start)):
                 if not put(_Frames(task.video_id, frames, pts, record)):
                     return
             put(_End(task.video_id, record))
@@ -231,22 +318,52 @@ class ExtractPipeline:
             msg = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
             put(_Fail(task.video_id, record, msg))
 
+    def _timed_chunks(
+        self, video_id: str, chunks: Iterator[tuple[torch.Tensor, np.ndarray]]
+    ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """``chunks``, adding the seconds spent decoding them to the video's rates."""
+        rate = self._rates.setdefault(video_id, {"decode_seconds": 0.0, "encode_seconds": 0.0})
+        while True:
+            t0 = time.perf_counter()
+            item = next(chunks, None)
+            rate["decode_seconds"] += time.perf_counter() - t0
+            if item is None:
+                return
+            yield item
+
+    def _decoded(self, dec: _Decoders, tasks: Sequence[VideoTask]) -> Iterator[tuple[Any, bool]]:
+        """Decoded items in the order the encoder takes them, each with whether more is
+        already waiting (dynamic batching encodes early when nothing is)."""
+        if len(dec.queues) == 1:
+            q, done = dec.queues[0], 0
+            while done < dec.count:
+                item = q.get()
+                if item is _DONE:
+                    done += 1
+                else:
+                    yield item, not q.empty()
+            return
+        for i, task in enumerate(tasks):
+            q = dec.queues[i % dec.count]
+            while True:
+                item = q.get()
+                if item is _DONE:
+                    raise RuntimeError(f"decode thread {i % dec.count} ended early")
+                yield item, True
+                if isinstance(item, _End | _Fail) and item.video_id == task.video_id:
+                    break
+
     # -- consumer --------------------------------------------------------------------------
 
     def run(self, tasks: Iterable[VideoTask]) -> None:
         """Process every task; returns when all are finished or failed."""
         tasks = list(tasks)
-        q: queue.Queue = queue.Queue(maxsize=max(1, self.decode.queue_chunks))
         stop = threading.Event()
-        producer = threading.Thread(target=self._produce, args=(tasks, q, stop), daemon=True)
-        producer.start()
+        dec = self._decoders(tasks, stop)
         pending: list[Any] = []
         pending_frames = 0
         try:
-            while True:
-                item = q.get()
-                if item is _DONE:
-                    break
+            for item, more in self._decoded(dec, tasks):
                 # A chunk that overfills the batch is split: every encoder call but the last
                 # of a run gets exactly batch_frames frames (fixed batching).
                 while isinstance(item, _Frames):
@@ -261,14 +378,15 @@ class ExtractPipeline:
                 pending.append(item)
                 if isinstance(item, _Frames):
                     pending_frames += len(item.frames)
-                eager = self.batching == "dynamic" and q.empty()  # nothing more decoded yet
+                eager = self.batching == "dynamic" and not more  # nothing more decoded yet
                 if pending_frames >= self.batch_frames or eager:
                     self._flush(pending)
                     pending, pending_frames = [], 0
             self._flush(pending)
         finally:
             stop.set()
-            producer.join()
+            for t in dec.threads:
+                t.join()
 
     def _flush(self, events: list[Any]) -> None:
         """Encode the frames in ``events`` (at most a batch), then deliver events in order."""
@@ -276,15 +394,23 @@ class ExtractPipeline:
         failed: dict[str, str] = {}
         tokens: dict[int, np.ndarray] = {}
         if frame_events:
-            allframes = torch.cat([e.frames for e in frame_events])
+            if self.native:
+                allframes = to_encoder([e.frames for e in frame_events], self.size, self.device)
+            else:
+                allframes = torch.cat([e.frames for e in frame_events])
             owners = np.repeat(np.arange(len(frame_events)), [len(e.frames) for e in frame_events])
             self.batch_sizes.append(len(allframes))
+            t0 = time.perf_counter()
             try:
                 encoded: torch.Tensor | None = self.encoder.encode(allframes)
             except Exception as e:  # noqa: BLE001 - an encoder error fails these videos only
                 for ev in frame_events:
                     failed[ev.video_id] = f"encoder failed: {type(e).__name__}: {e}"
                 encoded = None
+            share = (time.perf_counter() - t0) / len(allframes)
+            for ev in frame_events:
+                rate = self._rates.setdefault(ev.video_id, {"decode_seconds": 0.0})
+                rate["encode_seconds"] = rate.get("encode_seconds", 0.0) + share * len(ev.frames)
             if encoded is not None:
                 for i, ev in enumerate(frame_events):
                     mine = encoded[owners == i]
@@ -327,5 +453,6 @@ class ExtractPipeline:
                 self.sink.write(vid, tokens[i], ev.pts)
                 self.on_event("frames", vid, len(ev.pts))
             else:
-                self.sink.finish(vid, ev.record)
+                rates = {k: round(v, 4) for k, v in self._rates.pop(vid, {}).items()}
+                self.sink.finish(vid, {**ev.record, **rates, "decode_workers": self.workers})
                 self.on_event("done", vid, ev.record["num_frames"])

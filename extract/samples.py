@@ -423,3 +423,34 @@ def unprivileged(uid: int = 65534, gid: int = 65534) -> Iterator[None]:
     finally:
         os.seteuid(0)
         os.setegid(0)
+
+
+# Stream structures the skip decoder must get right (tests/extract/test_frames.py): name ->
+# (container suffix, codec, extra encoder options).
+DECODE_KINDS: dict[str, tuple[str, Codec, tuple[str, ...]]] = {
+    "h264_bpyramid": (".mp4", "h264", ("-bf", "3", "-x264-params", "b-pyramid=normal")),
+    "h264_open_gop": (".mp4", "h264", ("-bf", "3", "-x264-params", "open-gop=1:keyint=24")),
+    "h264_no_bframes": (".mp4", "h264", ("-bf", "0")),
+    "hevc": (".mp4", "hevc", ("-x265-params", "log-level=error:bframes=4:keyint=24")),
+    "vp9": (".webm", "vp9", ()),
+}
+
+
+def make_decode_kinds(
+    directory: str | os.PathLike[str], *, seconds: float = 3, fps: int = 30
+) -> dict[str, GeneratedVideo]:
+    """One video per ``DECODE_KINDS`` entry plus ``vfr`` (variable frame rate), 160x120."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, (suffix, codec, extra) in DECODE_KINDS.items():
+        path = d / f"{name}{suffix}"
+        out[name] = make_video(
+            path, seconds=seconds, fps=fps, width=160, height=120, codec=codec, extra_args=extra
+        )
+    pts, t = [], 0.0
+    for k in range(int(seconds * fps)):
+        pts.append(round(t, 4))
+        t += (1 if k % 3 else 2.5) / fps  # irregular gaps
+    out["vfr"] = make_vfr_video(d / "vfr.mp4", pts_seconds=pts, width=160, height=120)
+    return out

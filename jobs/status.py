@@ -52,6 +52,7 @@ def store_status(store: str | Path) -> dict[str, Any]:
     return {
         "store": str(root.absolute()),
         "frames_per_second": round(frames / elapsed, 2) if elapsed > 0 else None,
+        "rates": work_rates([e.record for e in index.videos.values() if e.status == "done"]),
         "features": attrs["features"],
         "videos": len(index.videos),
         "done": by_status.get("done", 0),
@@ -78,6 +79,26 @@ def _sources_changed(index: Any) -> dict[str, str]:
     return out
 
 
+def work_rates(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Decode and encode frames/s from the seconds the pipeline recorded per video, and which
+    of the two bounds the run (decode: all decoders together)."""
+    timed = [r for r in records if "decode_seconds" in r and "encode_seconds" in r]
+    if not timed:
+        return None
+    frames = sum(int(r["num_frames"]) for r in timed)
+    dec = sum(float(r["decode_seconds"]) for r in timed)
+    enc = sum(float(r["encode_seconds"]) for r in timed)
+    workers = max(int(r.get("decode_workers", 1)) for r in timed)
+    per_decoder = frames / dec if dec > 0 else None
+    encode = frames / enc if enc > 0 else None
+    bound = None
+    if per_decoder and encode:
+        bound = "decode" if per_decoder * workers < encode else "encode"
+    return {"decode_fps_per_decoder": per_decoder and round(per_decoder, 2),
+            "decode_workers": workers, "encode_fps": encode and round(encode, 2),
+            "bound": bound}  # fmt: skip
+
+
 def format_status(s: dict[str, Any]) -> str:
     f = s["features"]
     lines = [
@@ -88,6 +109,13 @@ def format_status(s: dict[str, Any]) -> str:
         f"{s['frames']} frames ({s['frames_per_second']} frames/s from the first start to the "
         f"last commit); {len(s['in_progress'])} in progress",
     ]
+    r = s.get("rates")
+    if r:
+        lines.append(
+            f"rates: decode {r['decode_fps_per_decoder']} frames/s per decoder x "
+            f"{r['decode_workers']} decoders, encode {r['encode_fps']} frames/s: "
+            f"{r['bound']}-bound"
+        )
     now = time.time()
     for shard, st in sorted(s["shards"].items()):
         age = (
