@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,7 @@ import pytest
 
 from cache import load_index, open_store, read_journal, read_launches
 from extract.samples import make_video
-from tests.jobs.cli import run_cli
+from tests.jobs.cli import ROOT, run_cli
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
 
@@ -223,3 +226,121 @@ def test_hydra_sweep_on_slurm(tmp_path: Path, tiny_siglip: Path) -> None:
     # The CLS token does not depend on the pooling.
     np.testing.assert_array_equal(one.read("v1")[0][:, 0], three.read("v1")[0][:, 0])
     assert list((tmp_path / "sweep" / ".submitit").iterdir())  # it went through submitit
+
+
+def extract_args(tmp_path: Path, tiny_siglip: Path, n: int, *extra: str) -> tuple[Path, list[str]]:
+    videos, store = tmp_path / "videos", tmp_path / "out.zarr"
+    make_videos(videos, n, 1.0)
+    args = [
+        "job=extract",
+        f"videos={videos}",
+        f"store={store}",
+        f"encoder.pretrained={tiny_siglip}",
+        *SLURM,
+        *extra,
+    ]
+    return store, args
+
+
+def queued() -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True).stdout
+    return set(out.split())
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("launcher.cpus_per_task=64", "launcher.cpus_per_task=64: partition debug has at most 2"),
+        ("launcher.mem_gb=500", "launcher.mem_gb=500: partition debug has at most"),
+        ("launcher.gpus_per_task=1", "launcher.gpus_per_task=1: partition debug has no GPUs"),
+        ("launcher.partition=nosuch", "launcher.partition=nosuch: no such partition"),
+        ("launcher.partition=short", "launcher.timeout_min=60: partition short allows at most 10"),
+    ],
+)
+def test_impossible_request_is_refused_before_submission(
+    tmp_path: Path, tiny_siglip: Path, override: str, says: str
+) -> None:
+    store, args = extract_args(tmp_path, tiny_siglip, 1, "launcher.timeout_min=60")
+    before = queued()
+    r = run_cli(*args, override, hydra_dir=tmp_path / "h")
+    assert r.returncode == 2, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and says in errors[0], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "submitted array" not in r.stderr
+    assert queued() == before and not read_launches(store)
+
+
+def test_sbatch_rejection_is_one_line_with_exit_2(tmp_path: Path, tiny_siglip: Path) -> None:
+    _, args = extract_args(tmp_path, tiny_siglip, 1)
+    r = run_cli(
+        *args, "+launcher.additional_parameters.nodelist=nosuchnode", hydra_dir=tmp_path / "h"
+    )
+    assert r.returncode == 2, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "sbatch refused the array" in errors[0], r.stderr[-3000:]
+    assert "node" in errors[0].lower() and "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def busy_node() -> Iterator[str]:
+    """A job holding every CPU of the node, so arrays submitted meanwhile pend (Resources)."""
+    out = subprocess.run(
+        ["sbatch", "--parsable", "-p", "debug", "-c", "2", "--mem=100M", "--wrap", "sleep 600"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    wait_for(lambda: slurm_state(out) == "RUNNING", 60, "the blocking job to run")
+    yield out
+    subprocess.run(["scancel", out])
+
+
+def test_pending_array_shows_its_reason_and_a_cancel_returns_in_seconds(
+    tmp_path: Path, tiny_siglip: Path, busy_node: str
+) -> None:
+    _, args = extract_args(tmp_path, tiny_siglip, 16, "launcher.shards=16", "launcher.poll_s=0.5")
+    cmd = [sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path / 'h'}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "PENDING (" in line:
+                break
+        pending = "".join(lines)
+        assert "0/16 done, 16 PENDING (" in pending, pending
+        array = pending.split("submitted array ")[1].split()[0]
+        t0 = time.monotonic()
+        subprocess.run(["scancel", array], check=True)
+        rest = proc.stderr.read()
+        proc.wait(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert took < 15, f"the driver took {took:.1f} s to return after scancel"
+    assert proc.returncode != 0
+    assert f"array {array} ended: 16 CANCELLED" in rest, rest[-3000:]
+
+
+def test_status_right_after_submission_then_a_rerun_attaches(
+    tmp_path: Path, tiny_siglip: Path, busy_node: str
+) -> None:
+    store, args = extract_args(tmp_path, tiny_siglip, 2, "launcher.shards=2", "launcher.poll_s=0.5")
+    r = run_cli(*args, "launcher.wait=false", hydra_dir=tmp_path / "h")
+    assert r.returncode == 0 and "job=status" in r.stdout, r.stderr[-3000:]
+    array = read_launches(store)[-1]["array_job_id"]
+    st = run_cli("job=status", f"store={store}", hydra_dir=tmp_path / "h")
+    assert st.returncode == 0, st.stdout + st.stderr[-2000:]
+    for shard in (0, 1):
+        assert f"shard {shard:5d}: 0 done" in st.stdout, st.stdout
+        assert f"SLURM job {array}_{shard} PENDING (" in st.stdout, st.stdout
+    # A rerun while the array is queued attaches to it; freeing the node lets it finish.
+    subprocess.run(["scancel", busy_node], check=True)
+    r2 = run_cli(*args, hydra_dir=tmp_path / "h2")
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert f"array {array} still runs these shards: attaching" in r2.stderr, r2.stderr[-3000:]
+    assert "submitted array" not in r2.stderr and len(read_launches(store)) == 1
+    assert f"array {array} ended: 2 COMPLETED" in r2.stderr
+    assert "2 done, 0 skipped" in r2.stdout, r2.stdout
