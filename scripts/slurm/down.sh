@@ -4,7 +4,8 @@
 # By default munged and MariaDB are LEFT RUNNING: they are cheap, other tools
 # may use munge, and keeping them up makes the next up.sh faster. Pass --all (or
 # --munge / --mariadb) to stop them too: the test suite does, for those it
-# started. Job state survives in /var/lib/slurm/slurmctld and the accounting DB, so a later up.sh resumes where this left off.
+# started. Job state survives in /var/lib/slurm/slurmctld and the accounting
+# DB, so a later up.sh resumes where this left off.
 set -euo pipefail
 
 MUNGE=0 MARIADB=0
