@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import submitit
 
 from cache import load_index, read_launches, record_launch
+from jobs import signals
 from jobs import slurm_cluster as cluster
 
 R = TypeVar("R")
@@ -40,7 +41,14 @@ class ShardTask(submitit.helpers.Checkpointable):
         self.shard_count = shard_count
 
     def __call__(self, shard: int) -> Any:
-        return self.fn(shard, self.shard_count)
+        # SIGTERM (scancel, preemption; SIGKILL follows after KillWait) and SIGUSR2 (the time
+        # limit is near) make the shard commit what it holds and stop; submitit's own handler
+        # then runs (it requeues on SIGUSR2). A stop is never recorded as a video failure.
+        signals.install()
+        try:
+            return self.fn(shard, self.shard_count)
+        except signals.StopRequested as stop:
+            signals.exit_stopped(stop)
 
 
 class RankTask(submitit.helpers.Checkpointable):
@@ -260,24 +268,27 @@ class Watch:
                 if all(s["state"] in cluster.ENDED_STATES for s in states.values()):
                     return self.collect(states)
                 time.sleep(self.launcher.poll_s)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, signals.StopRequested) as e:
+            status = e.exit_status if isinstance(e, signals.StopRequested) else 130
             store = self.launcher.store or "STORE"
             print(
                 f"\nslurm: detached; array {self.array_id} still runs: `scancel {self.array_id}` "
                 f"stops it, `python run.py job=status store={store}` follows it",
                 file=sys.stderr,
             )
-            raise SystemExit(130) from None
+            raise SystemExit(status) from None
 
     def states(self) -> dict[int, dict[str, Any]]:
-        """Each shard's state (a task gone from the queue with its result written is COMPLETED;
+        """Each shard's state (a task gone from the queue with its result written has ended;
         one that sacct does not know yet stays PENDING until it does)."""
         found = cluster.array_states([j.job_id for j in self.jobs.values()])
         out = {}
         for shard, job in self.jobs.items():
             st = found.get(job.job_id, {"state": "PENDING", "reason": "", "queued": False})
-            if not st.get("queued") and job.paths.result_pickle.exists():
-                st = {**st, "state": "COMPLETED"}
+            if not st.get("queued") and st["state"] not in cluster.ENDED_STATES:
+                outcome = self.outcome(job)  # sacct lags squeue: the result file says it ended
+                if outcome is not None:
+                    st = {**st, "state": "COMPLETED" if outcome[0] == "success" else "FAILED"}
             out[shard] = st
         return out
 

@@ -59,11 +59,11 @@ def slurm_state(job_id: str) -> str:
     return out or "GONE"
 
 
-def long_run(tmp_path: Path, tiny_siglip: Path) -> tuple[Path, list[str]]:
+def long_run(tmp_path: Path, tiny_siglip: Path, seconds: float = 20.0) -> tuple[Path, list[str]]:
     """One shard over videos long enough that the task cannot finish within SLURM's KillWait
     (5 s) after a requeue or scancel (submitit ignores the SIGTERM that comes first)."""
     videos = tmp_path / "videos"
-    make_videos(videos, N_LONG, 20.0)
+    make_videos(videos, N_LONG, seconds)
     store = tmp_path / "out.zarr"
     args = [
         "job=extract",
@@ -344,3 +344,46 @@ def test_status_right_after_submission_then_a_rerun_attaches(
     assert "submitted array" not in r2.stderr and len(read_launches(store)) == 1
     assert f"array {array} ended: 2 COMPLETED" in r2.stderr
     assert "2 done, 0 skipped" in r2.stdout, r2.stdout
+
+
+def task_log(store: Path) -> str:
+    folder = store / "logs" / "slurm"
+    return "\n".join(p.read_text(errors="replace") for p in folder.glob("*/*_log.*"))
+
+
+def test_scancel_of_a_running_task_commits_its_frames(tmp_path: Path, tiny_siglip: Path) -> None:
+    store, args = long_run(tmp_path, tiny_siglip)
+    # Nothing would be committed before the end of the shard without the signal.
+    r = run_cli(
+        *args, "job.commit_interval_s=3600", "launcher.wait=false", hydra_dir=tmp_path / "h"
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    job_id = task_job_id(store)
+    wait_for(lambda: (store / "zarr.json").exists(), 240, "the task to start writing")
+    time.sleep(15)  # encoding, with nothing committed yet
+    subprocess.run(["scancel", job_id], check=True)
+    wait_for(lambda: slurm_state(job_id) == "GONE", 60, "cancelled job to leave the queue")
+    index = load_index(store)
+    committed = sum(int(e.record["num_frames"]) for e in index.videos.values())
+    committed += sum(p.frames for p in index.partial.values())
+    assert committed > 0, task_log(store)[-3000:]
+    assert not [e for e in index.videos.values() if e.status == "failed"]
+    assert "interrupted: committed" in task_log(store), task_log(store)[-3000:]
+
+
+def test_time_limit_marks_no_good_video_failed(tmp_path: Path, tiny_siglip: Path) -> None:
+    store, args = long_run(tmp_path, tiny_siglip, seconds=150.0)  # minutes of work
+    r = run_cli(
+        *args, "launcher.timeout_min=1", "launcher.max_requeues=0", hydra_dir=tmp_path / "h"
+    )
+    assert r.returncode == 1, r.stderr[-3000:]  # the shard did not finish
+    # SLURM may send the time-limit signal up to a minute early, i.e. at once here: the task
+    # stops through the signal mechanism, committing what it has, and records no failure.
+    assert "interrupted: committed" in task_log(store), task_log(store)[-3000:]
+    index = load_index(store)
+    assert not [e for e in index.videos.values() if e.status == "failed"]
+    assert "UncompletedJobError" not in r.stdout and "ended: 1 FAILED" in r.stderr, r.stderr
+    st = run_cli("job=status", f"store={store}", hydra_dir=tmp_path / "h2")
+    lines = [ln.strip() for ln in st.stdout.splitlines()]
+    assert not [ln for ln in lines if ln.startswith("FAILED")], st.stdout
+    assert " 0 failed;" in st.stdout, st.stdout
