@@ -387,3 +387,30 @@ def test_time_limit_marks_no_good_video_failed(tmp_path: Path, tiny_siglip: Path
     lines = [ln.strip() for ln in st.stdout.splitlines()]
     assert not [ln for ln in lines if ln.startswith("FAILED")], st.stdout
     assert " 0 failed;" in st.stdout, st.stdout
+
+
+def test_sweep_validates_points_first_and_reports_every_outcome(
+    tmp_path: Path, tiny_siglip: Path
+) -> None:
+    videos = tmp_path / "videos"
+    make_videos(videos, 1, 1.0)
+    common = [
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=debug",
+        "job=extract",
+        f"encoder.pretrained={tiny_siglip}",
+        "store=${hydra:sweep.dir}/${hydra:job.num}.zarr",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "job.progress=false",
+    ]
+    bad = run_cli(*common, f"videos={videos}", "job.decode.fps=-1,2", hydra_dir=tmp_path / "h")
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    assert "job.decode.fps=-1: invalid: ValueError" in bad.stderr, bad.stderr[-3000:]
+    assert "nothing submitted" in bad.stderr and not (tmp_path / "sweep" / ".submitit").exists()
+    # Defaults (cpus/mem null) are derived from the 2-CPU partition; one point fails at run time.
+    r = run_cli(*common, f"videos={videos},{tmp_path / 'nosuch'}", hydra_dir=tmp_path / "h2")
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert f"videos={videos}: ok" in r.stderr, r.stderr[-3000:]
+    assert "nosuch: FAILED: FileNotFoundError" in r.stderr, r.stderr[-3000:]
+    assert "sweep: 1 ok, 1 failed" in r.stderr
