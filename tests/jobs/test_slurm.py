@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -414,3 +415,30 @@ def test_sweep_validates_points_first_and_reports_every_outcome(
     assert f"videos={videos}: ok" in r.stderr, r.stderr[-3000:]
     assert "nosuch: FAILED: FileNotFoundError" in r.stderr, r.stderr[-3000:]
     assert "sweep: 1 ok, 1 failed" in r.stderr
+
+
+def test_ctrl_c_detaches_and_the_array_runs_on(
+    tmp_path: Path, tiny_siglip: Path, busy_node: str
+) -> None:
+    _, args = extract_args(tmp_path, tiny_siglip, 1, "launcher.shards=1", "launcher.poll_s=0.5")
+    cmd = [sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path / 'h'}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "PENDING (" in line:
+                break
+        array = "".join(lines).split("submitted array ")[1].split()[0]
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        proc.wait(timeout=30)
+        assert proc.returncode == 130, rest
+        assert f"detached; array {array} still runs: `scancel {array}`" in rest, rest
+        assert "job=status" in rest and "Traceback" not in rest, rest
+        assert slurm_state(array) == "PENDING"  # the array runs on
+    finally:
+        proc.kill()
+        subprocess.run(["scancel", array])

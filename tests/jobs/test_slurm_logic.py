@@ -1,0 +1,43 @@
+"""Unit tests of the SLURM driver's own logic (no cluster: squeue's answers are given)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobs import slurm_cluster as cluster
+from jobs.slurm import Watch
+
+
+def test_array_rows_expand_to_tasks() -> None:
+    assert cluster.expand("32_[0-1%2]") == ["32_0", "32_1"]
+    assert cluster.expand("7_[0,3-5]") == ["7_0", "7_3", "7_4", "7_5"]
+    assert cluster.expand("7_2") == ["7_2"]
+
+
+def test_time_limits_and_gres_parse() -> None:
+    assert cluster._minutes("10") == 10 and cluster._minutes("1-00:30:00") == 1470
+    assert cluster._minutes("UNLIMITED") == float("inf")
+    assert cluster._gpus("gpu:a100:4(S:0-1),shard:8") == 4 and cluster._gpus("(null)") == 0
+
+
+class FakeJob:
+    def __init__(self, job_id: str, folder: Path) -> None:
+        self.job_id = job_id
+        self.paths = type("P", (), {"result_pickle": folder / "none.pkl", "stderr": folder / "x"})
+
+
+def test_a_reason_that_never_clears_fails_fast_naming_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = {"9_0": {"state": "PENDING", "reason": "PartitionTimeLimit", "queued": True}}
+    monkeypatch.setattr(cluster, "array_states", lambda ids: rows)
+    cancelled: list[Any] = []
+    monkeypatch.setattr("jobs.slurm.subprocess.run", lambda cmd, **kw: cancelled.append(cmd))
+    launcher = type("L", (), {"store": None, "poll_s": 0.01})()
+    watch = Watch(launcher, "9", {0: FakeJob("9_0", tmp_path)}, [0])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"PartitionTimeLimit.*launcher\.timeout_min"):
+        watch.wait()
+    assert cancelled == [["scancel", "9"]]
