@@ -252,9 +252,22 @@ def queued() -> set[str]:
     ("override", "says"),
     [
         ("launcher.cpus_per_task=64", "launcher.cpus_per_task=64: partition debug has at most 2"),
-        ("launcher.mem_gb=500", "launcher.mem_gb=500: partition debug has at most"),
-        ("launcher.gpus_per_task=1", "launcher.gpus_per_task=1: partition debug has no GPUs"),
-        ("launcher.partition=nosuch", "launcher.partition=nosuch: no such partition"),
+        # The same check for the other keys; slow only because each case starts run.py.
+        pytest.param(
+            "launcher.mem_gb=500",
+            "launcher.mem_gb=500: partition debug has at most",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "launcher.gpus_per_task=1",
+            "launcher.gpus_per_task=1: partition debug has no GPUs",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "launcher.partition=nosuch",
+            "launcher.partition=nosuch: no such partition",
+            marks=pytest.mark.slow,
+        ),
         ("launcher.partition=short", "launcher.timeout_min=60: partition short allows at most 10"),
     ],
 )

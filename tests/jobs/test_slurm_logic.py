@@ -41,3 +41,23 @@ def test_a_reason_that_never_clears_fails_fast_naming_the_key(
     with pytest.raises(ValueError, match=r"PartitionTimeLimit.*launcher\.timeout_min"):
         watch.wait()
     assert cancelled == [["scancel", "9"]]
+
+
+@pytest.mark.parametrize(
+    ("request_", "says"),
+    [
+        ({"cpus": 64}, "launcher.cpus_per_task=64: partition p has at most 2 CPUs per node"),
+        ({"mem_gb": 500}, "launcher.mem_gb=500: partition p has at most 21.0 GB per node"),
+        ({"gpus": 1}, "launcher.gpus_per_task=1: partition p has no GPUs"),
+        ({"timeout_min": 60}, "launcher.timeout_min=60: partition p allows at most 10 min"),
+    ],
+)
+def test_preflight_names_the_key_and_what_the_partition_offers(
+    request_: dict[str, Any], says: str
+) -> None:
+    part = cluster.Partition("p", cpus=2, mem_gb=21.0, gpus=0, max_time_min=10)
+    fits = {"cpus": 1, "mem_gb": 2.0, "gpus": 0, "timeout_min": 5}
+    cluster.preflight(part, **fits, key="launcher")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=says):
+        cluster.preflight(part, **{**fits, **request_}, key="launcher")  # type: ignore[arg-type]
+    assert cluster.derived(part, None, None, None) == (2, 16.0, 10)
