@@ -61,3 +61,24 @@ def test_preflight_names_the_key_and_what_the_partition_offers(
     with pytest.raises(ValueError, match=says):
         cluster.preflight(part, **{**fits, **request_}, key="launcher")  # type: ignore[arg-type]
     assert cluster.derived(part, None, None, None) == (2, 16.0, 10)
+
+
+def test_status_lists_only_the_current_layout_with_pending_reasons(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobs.status import _with_slurm_states
+
+    old = {"launcher": "slurm", "submitted_at": 1.0, "shard_count": 4, "array_job_id": "5"}
+    old["jobs"] = {str(i): f"5_{i}" for i in range(4)}  # type: ignore[assignment]
+    new = {"launcher": "slurm", "submitted_at": 2.0, "shard_count": 2, "array_job_id": "6"}
+    new["jobs"] = {"0": "6_0", "1": "6_1"}  # type: ignore[assignment]
+    rows = {
+        "6_0": {"state": "PENDING", "reason": "Resources", "queued": True},
+        "6_1": {"state": "RUNNING", "reason": "None", "queued": True},
+    }
+    monkeypatch.setattr(cluster, "array_states", lambda ids: rows)
+    shards = {i: {"done": 0, "failed": 0, "frames": 0} for i in range(4)}  # ghosts 2 and 3
+    out = _with_slurm_states(shards, [old, new])
+    assert sorted(out) == [0, 1]
+    assert out[0]["slurm"] == {"job_id": "6_0", "state": "PENDING", "reason": "Resources"}
+    assert out[1]["slurm"] == {"job_id": "6_1", "state": "RUNNING"}
