@@ -211,6 +211,7 @@ class ExtractPipeline:
         on_event: Any = None,
         source: FrameSource | None = None,
         resize_on: ResizeOn = "auto",
+        stop_check: Callable[[], None] | None = None,
     ) -> None:
         self.encoder = encoder
         self.sink = sink
@@ -246,6 +247,8 @@ class ExtractPipeline:
         self.batch_sizes: deque[int] = deque(maxlen=4096)
         self.out_dtype = out_dtype
         self.on_event = on_event or (lambda kind, vid, n: None)
+        # called between items; raises to stop taking work (what the sink holds is its to commit)
+        self.stop_check = stop_check or (lambda: None)
         self._failed: set[str] = set()  # videos already reported failed mid-stream
         self._sink_lock = threading.Lock()  # the producer starts videos while we write others
         # per video: seconds its decoder worked and its share of encoder time (job=status)
@@ -337,7 +340,7 @@ class ExtractPipeline:
         if len(dec.queues) == 1:
             q, done = dec.queues[0], 0
             while done < dec.count:
-                item = q.get()
+                item = self._next(q)
                 if item is _DONE:
                     done += 1
                 else:
@@ -346,7 +349,7 @@ class ExtractPipeline:
         for i, task in enumerate(tasks):
             q = dec.queues[i % dec.count]
             while True:
-                item = q.get()
+                item = self._next(q)
                 if item is _DONE:
                     raise RuntimeError(f"decode thread {i % dec.count} ended early")
                 yield item, True
@@ -387,6 +390,15 @@ class ExtractPipeline:
             stop.set()
             for t in dec.threads:
                 t.join()
+
+    def _next(self, q: queue.Queue) -> Any:
+        """The next decoded item; a requested stop (a signal) raises here, between items."""
+        while True:
+            self.stop_check()
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
 
     def _flush(self, events: list[Any]) -> None:
         """Encode the frames in ``events`` (at most a batch), then deliver events in order."""

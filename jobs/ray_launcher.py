@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -51,6 +52,27 @@ def cause_of(err: Exception) -> Exception:
 
 def _call_shard(fn: Callable[[int, int], R], shard: int, shard_count: int) -> R:
     return fn(shard, shard_count)
+
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail at once, naming ``launcher.address``, when nothing listens at ``host:port`` (Ray
+    itself retries an unreachable GCS for minutes). ``auto`` and ``local`` are left to Ray."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"launcher.address={address}: expected host:port or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ValueError(
+            f"launcher.address={address}: no Ray cluster reachable there within "
+            f"{timeout_s:g} s ({e}); start one (`ray start --head`) or use launcher.address=null"
+        ) from None
 
 
 @dataclass
@@ -97,6 +119,7 @@ class RayLauncher:
         if self.address is not None:
             if self.num_cpus is not None:
                 log.warning("launcher.num_cpus is ignored when joining a cluster (address set)")
+            check_reachable(self.address)
             ray.init(address=self.address, logging_level=logging.WARNING)
             yield ray
             return

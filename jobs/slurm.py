@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,9 @@ from typing import Any, TypeVar
 # This module is imported only when launcher=slurm is chosen, so the import is lazy already.
 import submitit
 
-from cache import record_launch
+from cache import load_index, read_launches, record_launch
+from jobs import signals
+from jobs import slurm_cluster as cluster
 
 R = TypeVar("R")
 
@@ -38,7 +41,14 @@ class ShardTask(submitit.helpers.Checkpointable):
         self.shard_count = shard_count
 
     def __call__(self, shard: int) -> Any:
-        return self.fn(shard, self.shard_count)
+        # SIGTERM (scancel, preemption; SIGKILL follows after KillWait) and SIGUSR2 (the time
+        # limit is near) make the shard commit what it holds and stop; submitit's own handler
+        # then runs (it requeues on SIGUSR2). A stop is never recorded as a video failure.
+        signals.install()
+        try:
+            return self.fn(shard, self.shard_count)
+        except signals.StopRequested as stop:
+            signals.exit_stopped(stop)
 
 
 class RankTask(submitit.helpers.Checkpointable):
@@ -61,9 +71,12 @@ class SlurmLauncher:
 
     Every sbatch setting users need is a field; ``additional_parameters`` passes anything else
     (e.g. ``{"reservation": "x"}``) and ``setup`` adds shell lines before the task starts (module
-    loads, env vars). ``wait=False`` submits and returns at once (``run`` and ``run_ranks`` then
-    return ``None``). Each array is recorded in ``folder`` and, with ``store``, registered in that
-    store, where ``job=status`` finds it.
+    loads, env vars). ``cpus_per_task``, ``mem_gb`` and ``timeout_min`` left null are derived
+    from the partition; a request no node of it can run is refused before submission.
+    ``wait=False`` submits and returns at once (``run`` and ``run_ranks`` then return ``None``).
+    While waiting, the driver polls the array every ``poll_s`` seconds and prints its states.
+    Each array is recorded in ``folder`` and, with ``store``, registered in that store, where
+    ``job=status`` finds it and a rerun attaches to it while it still runs.
     """
 
     folder: str
@@ -76,9 +89,9 @@ class SlurmLauncher:
     constraint: str | None = None
     gres: str | None = None
     gpus_per_task: int = 0
-    cpus_per_task: int = 4
-    mem_gb: float = 16
-    timeout_min: int = 240
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    timeout_min: int | None = None
     max_requeues: int = 3
     job_name: str = "streamfeat"
     additional_parameters: dict[str, Any] = field(default_factory=dict)
@@ -89,6 +102,8 @@ class SlurmLauncher:
     def __post_init__(self) -> None:
         if self.shards < 1:
             raise ValueError(f"launcher.shards must be >= 1, got {self.shards}")
+        if self.poll_s <= 0:
+            raise ValueError(f"launcher.poll_s must be > 0, got {self.poll_s}")
         if shutil.which("sbatch") is None:
             raise RuntimeError(
                 "launcher=slurm needs SLURM's sbatch on PATH (none found); on a single machine "
@@ -99,7 +114,22 @@ class SlurmLauncher:
     def shard_count(self) -> int:
         return self.shards
 
+    def request(self) -> tuple[int, float, int]:
+        """CPUs, GB and minutes per task, checked against the partition (ValueError if no node
+        of it can ever run them; nulls derived from it)."""
+        part = cluster.partition(self.partition)
+        cpus, mem_gb, timeout_min = cluster.derived(
+            part, self.cpus_per_task, self.mem_gb, self.timeout_min
+        )
+        gpus = self.gpus_per_task or cluster.gres_gpus(self.gres)
+        cluster.preflight(
+            part, cpus=cpus, mem_gb=mem_gb, gpus=gpus, timeout_min=timeout_min, key="launcher"
+        )
+        check_signal_delay(timeout_min, "launcher.timeout_min")
+        return cpus, mem_gb, timeout_min
+
     def executor(self) -> Any:
+        cpus, mem_gb, timeout_min = self.request()
         ex = submitit.AutoExecutor(
             folder=Path(self.folder) / "%j",
             cluster="slurm",
@@ -107,12 +137,13 @@ class SlurmLauncher:
         )
         params: dict[str, Any] = {
             "name": self.job_name,
-            "timeout_min": self.timeout_min,
-            "cpus_per_task": self.cpus_per_task,
-            "mem_gb": self.mem_gb,
+            "timeout_min": timeout_min,
+            "cpus_per_task": cpus,
+            "mem_gb": mem_gb,
             "slurm_array_parallelism": self.array_parallelism,
             "slurm_additional_parameters": dict(self.additional_parameters),
             "slurm_setup": list(self.setup),
+            "slurm_signal_delay_s": signal_delay_s(timeout_min),
         }
         optional = {
             "slurm_partition": self.partition,
@@ -129,71 +160,250 @@ class SlurmLauncher:
     def run(
         self, fn: Callable[[int, int], R], shard_count: int, shards: Sequence[int] | None = None
     ) -> list[R | None] | None:
-        """Submit one array over ``shards``; wait and return the results, or return ``None`` at
+        """Submit one array over ``shards`` (or attach to a live one that covers them); wait
+        and return the results (``None`` for a task that did not finish), or return ``None`` at
         once with ``wait=False``."""
         ids = list(range(shard_count) if shards is None else shards)
         if not ids:
             return [] if self.wait else None
-        jobs = self.executor().map_array(ShardTask(fn, shard_count), ids)
+        live = self._live_launch(ids, shard_count)
+        if live is not None:
+            array_id, jobs = live
+        else:
+            array_id, jobs = self._submit(fn, shard_count, ids)
+        if not self.wait:
+            return None
+        return Watch(self, array_id, jobs, ids).wait()
+
+    def _submit(
+        self, fn: Callable[[int, int], Any], shard_count: int, ids: list[int]
+    ) -> tuple[str, dict[int, Any]]:
+        ex = self.executor()
+        try:
+            jobs = ex.map_array(ShardTask(fn, shard_count), ids)
+        except submitit.core.utils.FailedJobError as e:
+            raise ValueError(f"sbatch refused the array: {sbatch_reason(str(e))}") from None
+        array_id = jobs[0].job_id.split("_")[0]
         record = {
             "launcher": "slurm",
             "submitted_at": time.time(),
-            "array_job_id": jobs[0].job_id.split("_")[0],
+            "array_job_id": array_id,
             "jobs": {str(shard): job.job_id for shard, job in zip(ids, jobs, strict=True)},
             "shard_count": shard_count,
+            "folder": str(Path(self.folder).absolute()),
         }
         try:
             record_launch(self.folder, record, store=self.store)
         except OSError as e:  # the array runs anyway; only job=status will not show its states
             print(f"slurm: could not record the launch ({e})", file=sys.stderr)
         print(
-            f"slurm: submitted array {record['array_job_id']} ({len(ids)} task(s)); "
-            f"logs in {self.folder}",
+            f"slurm: submitted array {array_id} ({len(ids)} task(s)); logs in {self.folder}",
             file=sys.stderr,
         )
-        if not self.wait:
+        return array_id, dict(zip(ids, jobs, strict=True))
+
+    def _live_launch(self, ids: list[int], shard_count: int) -> tuple[str, dict[int, Any]] | None:
+        """The latest array of this store that covers ``ids`` and still has tasks queued."""
+        if self.store is None:
             return None
-        results: list[R | None] = []
-        for shard, job in zip(ids, jobs, strict=True):
-            try:
-                results.append(job.result())
-            except Exception as e:  # noqa: BLE001 - a lost task is reported, the rest go on
-                print(
-                    f"slurm: shard {shard} (job {job.job_id}) did not finish: {e}", file=sys.stderr
-                )
-                results.append(None)
-        return results
+        launches = [
+            r
+            for r in read_launches(self.store)
+            if r.get("launcher", "slurm") == "slurm" and r.get("shard_count") == shard_count
+        ]
+        if not launches or not set(map(str, ids)) <= set(launches[-1]["jobs"]):
+            return None
+        last = launches[-1]
+        if not cluster.in_queue(list(last["jobs"].values())):
+            return None
+        folder = Path(last.get("folder", self.folder)) / "%j"
+        jobs: dict[int, Any] = {i: submitit.SlurmJob(folder, last["jobs"][str(i)]) for i in ids}
+        array_id = str(last["array_job_id"])
+        print(
+            f"slurm: array {array_id} still runs these shards: attaching to it instead of "
+            f"submitting a duplicate (`scancel {array_id}` stops it)",
+            file=sys.stderr,
+        )
+        return array_id, jobs
 
     def run_ranks(self, fn: Callable[[int, int], R], world_size: int) -> R | None:
         """One SLURM job with ``world_size`` tasks (one per rank, ``gpus_per_task`` each)."""
         ex = self.executor()
         ex.update_parameters(tasks_per_node=world_size, slurm_array_parallelism=1)
-        job = ex.submit(RankTask(fn))
+        try:
+            job = ex.submit(RankTask(fn))
+        except submitit.core.utils.FailedJobError as e:
+            raise ValueError(f"sbatch refused the job: {sbatch_reason(str(e))}") from None
         print(f"slurm: submitted job {job.job_id} ({world_size} rank(s))", file=sys.stderr)
         if not self.wait:
             return None
         return job.results()[0]  # type: ignore[no-any-return]
 
 
+class Watch:
+    """The driver's wait on an array: one squeue (and sacct) call per ``poll_s`` for the whole
+    array; prints state changes with pending reasons, done/total and frames/s; fails fast on a
+    pending reason that never clears; returns as soon as every task has ended."""
+
+    HEARTBEAT_S = 30.0
+    LOG_LINES = 5
+
+    def __init__(
+        self, launcher: SlurmLauncher, array_id: str, jobs: dict[int, Any], ids: list[int]
+    ):
+        self.launcher, self.array_id, self.jobs, self.ids = launcher, array_id, jobs, ids
+        self.started = time.time()
+
+    def wait(self) -> list[Any]:
+        last_line, last_print = "", 0.0
+        try:
+            while True:
+                states = self.states()
+                self.fail_if_stuck(states)
+                line = self.describe(states)
+                now = time.monotonic()
+                if line != last_line or now - last_print >= self.HEARTBEAT_S:
+                    print(f"slurm: array {self.array_id}: {line}{self.rate()}", file=sys.stderr)
+                    last_line, last_print = line, now
+                if all(s["state"] in cluster.ENDED_STATES for s in states.values()):
+                    return self.collect(states)
+                time.sleep(self.launcher.poll_s)
+        except (KeyboardInterrupt, signals.StopRequested) as e:
+            status = e.exit_status if isinstance(e, signals.StopRequested) else 130
+            store = self.launcher.store or "STORE"
+            print(
+                f"\nslurm: detached; array {self.array_id} still runs: `scancel {self.array_id}` "
+                f"stops it, `python run.py job=status store={store}` follows it",
+                file=sys.stderr,
+            )
+            raise SystemExit(status) from None
+
+    def states(self) -> dict[int, dict[str, Any]]:
+        """Each shard's state (a task gone from the queue with its result written has ended;
+        one that sacct does not know yet stays PENDING until it does)."""
+        found = cluster.array_states([j.job_id for j in self.jobs.values()])
+        out = {}
+        for shard, job in self.jobs.items():
+            st = found.get(job.job_id, {"state": "PENDING", "reason": "", "queued": False})
+            if not st.get("queued") and st["state"] not in cluster.ENDED_STATES:
+                outcome = self.outcome(job)  # sacct lags squeue: the result file says it ended
+                if outcome is not None:
+                    st = {**st, "state": "COMPLETED" if outcome[0] == "success" else "FAILED"}
+            out[shard] = st
+        return out
+
+    def describe(self, states: dict[int, dict[str, Any]]) -> str:
+        done = sum(s["state"] == "COMPLETED" for s in states.values())
+        counts = Counter(
+            s["state"] + (f" ({s['reason']})" if s.get("reason") not in (None, "", "None") else "")
+            for s in states.values()
+            if s["state"] != "COMPLETED"
+        )
+        parts = [f"{n} {what}" for what, n in sorted(counts.items())]
+        return f"{done}/{len(states)} done" + (", " + ", ".join(parts) if parts else "")
+
+    def rate(self) -> str:
+        """Frames committed to the store since this array's wait began, per second."""
+        store = self.launcher.store
+        if store is None or not (Path(store) / "zarr.json").exists():
+            return ""
+        try:
+            entries = load_index(Path(store)).videos.values()
+        except Exception:  # noqa: BLE001 - a store mid-write must not stop the driver
+            return ""
+        recent = [
+            e for e in entries if e.status == "done" and e.record["committed_at"] >= self.started
+        ]
+        frames = sum(int(e.record["num_frames"]) for e in recent)
+        elapsed = time.time() - self.started
+        return f"; {frames} frames, {frames / elapsed:.1f} frames/s" if elapsed > 0 else ""
+
+    def fail_if_stuck(self, states: dict[int, dict[str, Any]]) -> None:
+        for st in states.values():
+            reason = str(st.get("reason") or "").split(",")[0]
+            if st["state"] == "PENDING" and reason in cluster.NEVER_CLEARS:
+                subprocess.run(["scancel", self.array_id], capture_output=True, timeout=30)
+                keys = cluster.NEVER_CLEARS[reason]
+                raise ValueError(
+                    f"array {self.array_id} can never start ({reason}); change launcher.{keys}. "
+                    f"The array was cancelled."
+                )
+
+    def collect(self, states: dict[int, dict[str, Any]]) -> list[Any]:
+        """Results in shard order (``None`` for a task that failed), after a per-state summary
+        and the last lines of each failed task's log."""
+        counts = Counter(s["state"] for s in states.values())
+        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        print(f"slurm: array {self.array_id} ended: {summary}", file=sys.stderr)
+        results = []
+        for shard in self.ids:
+            job, state = self.jobs[shard], states[shard]["state"]
+            outcome = self.outcome(job) if state == "COMPLETED" else None
+            if outcome is not None and outcome[0] == "success":
+                results.append(outcome[1])
+                continue
+            results.append(None)
+            print(
+                f"slurm: shard {shard} (job {job.job_id}) {state}; end of {job.paths.stderr}:",
+                file=sys.stderr,
+            )
+            for ln in tail(job.paths.stderr, self.LOG_LINES):
+                print(f"    {ln}", file=sys.stderr)
+        return results
+
+    @staticmethod
+    def outcome(job: Any) -> tuple[str, Any] | None:
+        try:
+            return submitit.core.utils.pickle_load(job.paths.result_pickle)  # type: ignore[no-any-return]
+        except (OSError, EOFError):
+            return None
+
+
+def tail(path: Path, n: int) -> list[str]:
+    """The last ``n`` non-empty lines of a log ([] if there is none)."""
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return ["(no log)"]
+    return [ln for ln in lines if ln.strip()][-n:]
+
+
+def sbatch_reason(message: str) -> str:
+    """SLURM's own line in a FailedJobError (``sbatch: error: ...``), else its last line."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error:" in ln and "sbatch" in ln]
+    return errors[-1] if errors else (lines[-1] if lines else message)
+
+
+def signal_delay_s(timeout_min: int) -> int:
+    """Seconds before the time limit at which SLURM signals a task (submitit's 90 s, scaled
+    down to a quarter of a short limit), so the task can commit and requeue in time."""
+    return int(min(90, timeout_min * 60 // 4))
+
+
+def check_signal_delay(timeout_min: int, key: str) -> None:
+    if timeout_min < 1:
+        raise ValueError(f"{key}={timeout_min}: must be >= 1 minute")
+
+
 def slurm_states(launches: Iterable[dict[str, Any]]) -> dict[int, dict[str, str]]:
-    """The latest SLURM job id and state of each shard in ``launches`` (oldest first, as
-    ``cache.read_launches`` gives them), via sacct."""
+    """The latest SLURM job id, state and pending reason of each shard of the current layout
+    (the latest launch's shard count) in ``launches`` (oldest first, as ``cache.read_launches``
+    gives them): one squeue call for the queued tasks, one sacct call for the others."""
+    launches = [r for r in launches if r.get("launcher", "slurm") == "slurm"]
+    if not launches:
+        return {}
+    count = launches[-1].get("shard_count")
     latest: dict[int, str] = {}
     for launch in launches:
-        if launch.get("launcher", "slurm") == "slurm":
+        if launch.get("shard_count") == count:
             for shard, job_id in launch["jobs"].items():
                 latest[int(shard)] = job_id
-    states = {job_id: "UNKNOWN" for job_id in latest.values()}
-    if shutil.which("sacct") and states:
-        arrays = sorted({j.split("_")[0] for j in states})
-        out = subprocess.run(
-            ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(arrays)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout
-        for row in out.splitlines():
-            job_id, _, state = row.partition("|")
-            if job_id in states:
-                states[job_id] = state.split()[0] if state else "UNKNOWN"
-    return {shard: {"job_id": j, "state": states[j]} for shard, j in latest.items()}
+    found = cluster.array_states(list(latest.values()))
+    out = {}
+    for shard, job_id in latest.items():
+        st = found.get(job_id, {})
+        out[shard] = {"job_id": job_id, "state": st.get("state", "UNKNOWN")}
+        if st.get("reason") not in (None, "", "None"):
+            out[shard]["reason"] = st["reason"]
+    return out

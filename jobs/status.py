@@ -19,8 +19,12 @@ from cache import (
 
 
 def store_status(store: str | Path) -> dict[str, Any]:
-    """Counts per status and per shard, failures with reasons, videos mid-way."""
+    """Counts per status and per shard, failures with reasons, videos mid-way; before the first
+    writer started, only the launched shards and their SLURM states."""
     root = Path(store)
+    launches = read_launches(root)
+    if launches and not (root / "zarr.json").is_file():
+        return launched_status(root, launches)
     attrs = read_store_attrs(root)
     index = load_index(root)
     by_status = Counter(e.status for e in index.videos.values())
@@ -38,20 +42,11 @@ def store_status(store: str | Path) -> dict[str, Any]:
             s["runs"] = len(runs)
         s = shards.setdefault(shard, {"done": 0, "failed": 0, "frames": 0})
         s["writing"] = shard_locked(root, shard)
-    launches = read_launches(root)
     if launches:
-        from jobs.slurm import slurm_states
-
-        for shard, st in slurm_states(launches).items():
-            shards.setdefault(shard, {"done": 0, "failed": 0, "frames": 0})["slurm"] = st
-    # Throughput from the first writer start to the last commit (not to now: a finished
-    # store's rate should not decay while it sits on disk).
-    started = [r["started_at"] for r in index.runs.values()]
-    committed = [e.record["committed_at"] for e in index.videos.values()]
-    elapsed = max(committed) - min(started) if started and committed else 0.0
+        shards = _with_slurm_states(shards, launches)
     return {
         "store": str(root.absolute()),
-        "frames_per_second": round(frames / elapsed, 2) if elapsed > 0 else None,
+        "frames_per_second": _current_rate(index, shards, launches),
         "rates": work_rates([e.record for e in index.videos.values() if e.status == "done"]),
         "features": attrs["features"],
         "videos": len(index.videos),
@@ -99,15 +94,70 @@ def work_rates(records: list[dict[str, Any]]) -> dict[str, Any] | None:
             "bound": bound}  # fmt: skip
 
 
+def _with_slurm_states(
+    shards: dict[int, dict[str, Any]], launches: list[dict[str, Any]]
+) -> dict[int, dict[str, Any]]:
+    """``shards`` with each one's SLURM job and state, for the current layout's shards only (a
+    rerun with fewer shards leaves the older, larger layout's out)."""
+    from jobs.slurm import slurm_states
+
+    count = launches[-1].get("shard_count")
+    if count is not None:
+        shards = {k: v for k, v in shards.items() if k < int(count)}
+    for shard, st in slurm_states(launches).items():
+        shards.setdefault(shard, {"done": 0, "failed": 0, "frames": 0})["slurm"] = st
+    return shards
+
+
+def _current_rate(index: Any, shards: dict[int, dict[str, Any]], launches: list[Any]) -> Any:
+    """Frames/s of the current run: from its start (its submission, else the earliest of the
+    shards' latest starts) to its last commit; earlier runs' frames are not counted."""
+    starts = [s["last_run_started_at"] for s in shards.values() if "last_run_started_at" in s]
+    start = float(launches[-1]["submitted_at"]) if launches else min(starts, default=None)
+    if start is None:
+        return None
+    done = [
+        e.record
+        for e in index.videos.values()
+        if e.status == "done" and e.record["committed_at"] >= start
+    ]
+    elapsed = max((r["committed_at"] for r in done), default=start) - start
+    frames = sum(int(r["num_frames"]) for r in done)
+    return round(frames / elapsed, 2) if elapsed > 0 else None
+
+
+def launched_status(root: Path, launches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Status of a store whose tasks were submitted but none has started writing yet."""
+    shards = _with_slurm_states({}, launches)
+    return {
+        "store": str(root.absolute()),
+        "frames_per_second": None,
+        "features": None,
+        "videos": 0,
+        "done": 0,
+        "failed": 0,
+        "frames": 0,
+        "in_progress": {},
+        "failures": {},
+        "shards": shards,
+        "problems": [],
+    }
+
+
 def format_status(s: dict[str, Any]) -> str:
     f = s["features"]
+    features = (
+        f"features: {f['encoder']['type']} {f['weights']} @ {f['fps']} fps, "
+        f"{f['tokens_per_frame']} x {f['dim']} {f['dtype']}"
+        if f is not None
+        else "features: (no task has started writing yet)"
+    )
     lines = [
         f"store: {s['store']}",
-        f"features: {f['encoder']['type']} {f['weights']} @ {f['fps']} fps, "
-        f"{f['tokens_per_frame']} x {f['dim']} {f['dtype']}",
+        features,
         f"videos: {s['videos']} indexed: {s['done']} done, {s['failed']} failed; "
-        f"{s['frames']} frames ({s['frames_per_second']} frames/s from the first start to the "
-        f"last commit); {len(s['in_progress'])} in progress",
+        f"{s['frames']} frames ({s['frames_per_second']} frames/s from the current run's start "
+        f"to its last commit); {len(s['in_progress'])} in progress",
     ]
     r = s.get("rates")
     if r:
@@ -125,7 +175,9 @@ def format_status(s: dict[str, Any]) -> str:
         )
         state = "writing" if st.get("writing") else "idle"
         if "slurm" in st:
-            state += f", SLURM job {st['slurm']['job_id']} {st['slurm']['state']}"
+            sl = st["slurm"]
+            why = f" ({sl['reason']})" if sl.get("reason") not in (None, "", "None") else ""
+            state += f", SLURM job {sl['job_id']} {sl['state']}{why}"
         lines.append(
             f"  shard {shard:5d}: {st['done']} done, {st['failed']} failed, "
             f"{st['frames']} frames, {state}{age}"

@@ -35,14 +35,20 @@ def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def slurm() -> Iterator[None]:
     """A real SLURM on localhost (scripts/slurm/up.sh). Fails loudly, never skips: CI must
-    notice when SLURM cannot start. Stopped at the end if this session started it."""
+    notice when SLURM cannot start. At the end, stops every service this session started:
+    the SLURM daemons, and munged and MariaDB too when they were not running before."""
     import shutil
     import subprocess
 
     root = Path(__file__).resolve().parent.parent
+
+    def running(name: str) -> bool:
+        return subprocess.run(["pgrep", "-x", name], capture_output=True).returncode == 0
+
     was_up = shutil.which("sinfo") is not None and (
         subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True).returncode == 0
     )
+    helpers_up = {"--munge": running("munged"), "--mariadb": running("mariadbd")}
     up = subprocess.run(
         ["bash", str(root / "scripts" / "slurm" / "up.sh")], capture_output=True, text=True
     )
@@ -50,4 +56,7 @@ def slurm() -> Iterator[None]:
         pytest.fail(f"SLURM did not start:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
     yield
     if not was_up:
-        subprocess.run(["bash", str(root / "scripts" / "slurm" / "down.sh")], capture_output=True)
+        down = [flag for flag, was in helpers_up.items() if not was]
+        subprocess.run(
+            ["bash", str(root / "scripts" / "slurm" / "down.sh"), *down], capture_output=True
+        )

@@ -2,17 +2,21 @@
 # Stop the local single-node SLURM started by up.sh: slurmd, slurmctld, slurmdbd.
 #
 # By default munged and MariaDB are LEFT RUNNING: they are cheap, other tools
-# may use munge, and keeping them up makes the next up.sh faster. Pass --all to
-# stop them too. Job state survives in /var/lib/slurm/slurmctld and the
-# accounting DB, so a later up.sh resumes where this left off.
+# may use munge, and keeping them up makes the next up.sh faster. Pass --all (or
+# --munge / --mariadb) to stop them too: the test suite does, for those it
+# started. Job state survives in /var/lib/slurm/slurmctld and the accounting
+# DB, so a later up.sh resumes where this left off.
 set -euo pipefail
 
-ALL=0
-case "${1:-}" in
-    --all) ALL=1 ;;
-    "") ;;
-    *) echo "usage: $0 [--all]" >&2; exit 2 ;;
-esac
+MUNGE=0 MARIADB=0
+for arg in "$@"; do
+    case "$arg" in
+        --all) MUNGE=1 MARIADB=1 ;;
+        --munge) MUNGE=1 ;;
+        --mariadb) MARIADB=1 ;;
+        *) echo "usage: $0 [--all | --munge --mariadb]" >&2; exit 2 ;;
+    esac
+done
 
 [[ $(id -u) -eq 0 ]] || { echo "[slurm-down] must run as root" >&2; exit 1; }
 
@@ -65,12 +69,13 @@ stop_daemon slurmd /run/slurmd.pid
 stop_daemon slurmctld /run/slurmctld.pid
 stop_daemon slurmdbd /run/slurmdbd.pid
 
-if ((ALL)); then
-    if pgrep -x mariadbd >/dev/null 2>&1; then
-        log "stopping mariadb"
-        /etc/init.d/mariadb stop >/dev/null || true
-    fi
-    stop_daemon munged /run/munge/munged.pid
+if ((MARIADB)) && pgrep -x mariadbd >/dev/null 2>&1; then
+    log "stopping mariadb"
+    /etc/init.d/mariadb stop >/dev/null || true
+    stop_daemon mariadbd
 fi
+((MUNGE)) && stop_daemon munged /run/munge/munged.pid
 
-echo "SLURM down: slurmd/slurmctld/slurmdbd stopped$( ((ALL)) && echo ', mariadb/munged stopped' || echo ' (munged, mariadb left running)')"
+echo "SLURM down: slurmd/slurmctld/slurmdbd stopped;" \
+    "mariadb $( ((MARIADB)) && echo stopped || echo 'left running')," \
+    "munged $( ((MUNGE)) && echo stopped || echo 'left running')"

@@ -164,7 +164,9 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
 $NODE_HW NodeAddr=127.0.0.1 State=UNKNOWN
-PartitionName=$PARTITION Nodes=$NODE_NAME Default=YES MaxTime=INFINITE State=UP"
+PartitionName=$PARTITION Nodes=$NODE_NAME Default=YES MaxTime=INFINITE State=UP
+# A partition with a time limit, for tests of requests over MaxTime.
+PartitionName=short Nodes=$NODE_NAME MaxTime=10 State=UP"
 
 # Keep the DB password stable across runs: reuse the one already in slurmdbd.conf.
 DB_PASS=""

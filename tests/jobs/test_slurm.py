@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +17,7 @@ import pytest
 
 from cache import load_index, open_store, read_journal, read_launches
 from extract.samples import make_video
-from tests.jobs.cli import run_cli
+from tests.jobs.cli import ROOT, run_cli
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
 
@@ -56,11 +60,11 @@ def slurm_state(job_id: str) -> str:
     return out or "GONE"
 
 
-def long_run(tmp_path: Path, tiny_siglip: Path) -> tuple[Path, list[str]]:
+def long_run(tmp_path: Path, tiny_siglip: Path, seconds: float = 20.0) -> tuple[Path, list[str]]:
     """One shard over videos long enough that the task cannot finish within SLURM's KillWait
     (5 s) after a requeue or scancel (submitit ignores the SIGTERM that comes first)."""
     videos = tmp_path / "videos"
-    make_videos(videos, N_LONG, 20.0)
+    make_videos(videos, N_LONG, seconds)
     store = tmp_path / "out.zarr"
     args = [
         "job=extract",
@@ -223,3 +227,231 @@ def test_hydra_sweep_on_slurm(tmp_path: Path, tiny_siglip: Path) -> None:
     # The CLS token does not depend on the pooling.
     np.testing.assert_array_equal(one.read("v1")[0][:, 0], three.read("v1")[0][:, 0])
     assert list((tmp_path / "sweep" / ".submitit").iterdir())  # it went through submitit
+
+
+def extract_args(tmp_path: Path, tiny_siglip: Path, n: int, *extra: str) -> tuple[Path, list[str]]:
+    videos, store = tmp_path / "videos", tmp_path / "out.zarr"
+    make_videos(videos, n, 1.0)
+    args = [
+        "job=extract",
+        f"videos={videos}",
+        f"store={store}",
+        f"encoder.pretrained={tiny_siglip}",
+        *SLURM,
+        *extra,
+    ]
+    return store, args
+
+
+def queued() -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True).stdout
+    return set(out.split())
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("launcher.cpus_per_task=64", "launcher.cpus_per_task=64: partition debug has at most 2"),
+        # The same check for the other keys; slow only because each case starts run.py.
+        pytest.param(
+            "launcher.mem_gb=500",
+            "launcher.mem_gb=500: partition debug has at most",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "launcher.gpus_per_task=1",
+            "launcher.gpus_per_task=1: partition debug has no GPUs",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "launcher.partition=nosuch",
+            "launcher.partition=nosuch: no such partition",
+            marks=pytest.mark.slow,
+        ),
+        ("launcher.partition=short", "launcher.timeout_min=60: partition short allows at most 10"),
+    ],
+)
+def test_impossible_request_is_refused_before_submission(
+    tmp_path: Path, tiny_siglip: Path, override: str, says: str
+) -> None:
+    store, args = extract_args(tmp_path, tiny_siglip, 1, "launcher.timeout_min=60")
+    before = queued()
+    r = run_cli(*args, override, hydra_dir=tmp_path / "h")
+    assert r.returncode == 2, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and says in errors[0], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "submitted array" not in r.stderr
+    assert queued() == before and not read_launches(store)
+
+
+def test_sbatch_rejection_is_one_line_with_exit_2(tmp_path: Path, tiny_siglip: Path) -> None:
+    _, args = extract_args(tmp_path, tiny_siglip, 1)
+    r = run_cli(
+        *args, "+launcher.additional_parameters.nodelist=nosuchnode", hydra_dir=tmp_path / "h"
+    )
+    assert r.returncode == 2, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "sbatch refused the array" in errors[0], r.stderr[-3000:]
+    assert "node" in errors[0].lower() and "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def busy_node() -> Iterator[str]:
+    """A job holding every CPU of the node, so arrays submitted meanwhile pend (Resources)."""
+    out = subprocess.run(
+        ["sbatch", "--parsable", "-p", "debug", "-c", "2", "--mem=100M", "--wrap", "sleep 600"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    wait_for(lambda: slurm_state(out) == "RUNNING", 60, "the blocking job to run")
+    yield out
+    subprocess.run(["scancel", out])
+
+
+def test_pending_array_shows_its_reason_and_a_cancel_returns_in_seconds(
+    tmp_path: Path, tiny_siglip: Path, busy_node: str
+) -> None:
+    _, args = extract_args(tmp_path, tiny_siglip, 16, "launcher.shards=16", "launcher.poll_s=0.5")
+    cmd = [sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path / 'h'}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "PENDING (" in line:
+                break
+        pending = "".join(lines)
+        assert "0/16 done, 16 PENDING (" in pending, pending
+        array = pending.split("submitted array ")[1].split()[0]
+        t0 = time.monotonic()
+        subprocess.run(["scancel", array], check=True)
+        rest = proc.stderr.read()
+        proc.wait(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert took < 15, f"the driver took {took:.1f} s to return after scancel"
+    assert proc.returncode != 0
+    assert f"array {array} ended: 16 CANCELLED" in rest, rest[-3000:]
+
+
+def test_status_right_after_submission_then_a_rerun_attaches(
+    tmp_path: Path, tiny_siglip: Path, busy_node: str
+) -> None:
+    store, args = extract_args(tmp_path, tiny_siglip, 2, "launcher.shards=2", "launcher.poll_s=0.5")
+    r = run_cli(*args, "launcher.wait=false", hydra_dir=tmp_path / "h")
+    assert r.returncode == 0 and "job=status" in r.stdout, r.stderr[-3000:]
+    array = read_launches(store)[-1]["array_job_id"]
+    st = run_cli("job=status", f"store={store}", hydra_dir=tmp_path / "h")
+    assert st.returncode == 0, st.stdout + st.stderr[-2000:]
+    for shard in (0, 1):
+        assert f"shard {shard:5d}: 0 done" in st.stdout, st.stdout
+        assert f"SLURM job {array}_{shard} PENDING (" in st.stdout, st.stdout
+    # A rerun while the array is queued attaches to it; freeing the node lets it finish.
+    subprocess.run(["scancel", busy_node], check=True)
+    r2 = run_cli(*args, hydra_dir=tmp_path / "h2")
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert f"array {array} still runs these shards: attaching" in r2.stderr, r2.stderr[-3000:]
+    assert "submitted array" not in r2.stderr and len(read_launches(store)) == 1
+    assert f"array {array} ended: 2 COMPLETED" in r2.stderr
+    assert "2 done, 0 skipped" in r2.stdout, r2.stdout
+
+
+def task_log(store: Path) -> str:
+    folder = store / "logs" / "slurm"
+    return "\n".join(p.read_text(errors="replace") for p in folder.glob("*/*_log.*"))
+
+
+def test_scancel_of_a_running_task_commits_its_frames(tmp_path: Path, tiny_siglip: Path) -> None:
+    store, args = long_run(tmp_path, tiny_siglip)
+    # Nothing would be committed before the end of the shard without the signal.
+    r = run_cli(
+        *args, "job.commit_interval_s=3600", "launcher.wait=false", hydra_dir=tmp_path / "h"
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    job_id = task_job_id(store)
+    wait_for(lambda: (store / "zarr.json").exists(), 240, "the task to start writing")
+    time.sleep(15)  # encoding, with nothing committed yet
+    subprocess.run(["scancel", job_id], check=True)
+    wait_for(lambda: slurm_state(job_id) == "GONE", 60, "cancelled job to leave the queue")
+    index = load_index(store)
+    committed = sum(int(e.record["num_frames"]) for e in index.videos.values())
+    committed += sum(p.frames for p in index.partial.values())
+    assert committed > 0, task_log(store)[-3000:]
+    assert not [e for e in index.videos.values() if e.status == "failed"]
+    assert "interrupted: committed" in task_log(store), task_log(store)[-3000:]
+
+
+def test_time_limit_marks_no_good_video_failed(tmp_path: Path, tiny_siglip: Path) -> None:
+    store, args = long_run(tmp_path, tiny_siglip, seconds=150.0)  # minutes of work
+    r = run_cli(
+        *args, "launcher.timeout_min=1", "launcher.max_requeues=0", hydra_dir=tmp_path / "h"
+    )
+    assert r.returncode == 1, r.stderr[-3000:]  # the shard did not finish
+    # SLURM may send the time-limit signal up to a minute early, i.e. at once here: the task
+    # stops through the signal mechanism, committing what it has, and records no failure.
+    assert "interrupted: committed" in task_log(store), task_log(store)[-3000:]
+    index = load_index(store)
+    assert not [e for e in index.videos.values() if e.status == "failed"]
+    assert "UncompletedJobError" not in r.stdout and "ended: 1 FAILED" in r.stderr, r.stderr
+    st = run_cli("job=status", f"store={store}", hydra_dir=tmp_path / "h2")
+    lines = [ln.strip() for ln in st.stdout.splitlines()]
+    assert not [ln for ln in lines if ln.startswith("FAILED")], st.stdout
+    assert " 0 failed;" in st.stdout, st.stdout
+
+
+def test_sweep_validates_points_first_and_reports_every_outcome(
+    tmp_path: Path, tiny_siglip: Path
+) -> None:
+    videos = tmp_path / "videos"
+    make_videos(videos, 1, 1.0)
+    common = [
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=debug",
+        "job=extract",
+        f"encoder.pretrained={tiny_siglip}",
+        "store=${hydra:sweep.dir}/${hydra:job.num}.zarr",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "job.progress=false",
+    ]
+    bad = run_cli(*common, f"videos={videos}", "job.decode.fps=-1,2", hydra_dir=tmp_path / "h")
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    assert "job.decode.fps=-1: invalid: ValueError" in bad.stderr, bad.stderr[-3000:]
+    assert "nothing submitted" in bad.stderr and not (tmp_path / "sweep" / ".submitit").exists()
+    # Defaults (cpus/mem null) are derived from the 2-CPU partition; one point fails at run time.
+    r = run_cli(*common, f"videos={videos},{tmp_path / 'nosuch'}", hydra_dir=tmp_path / "h2")
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert f"videos={videos}: ok" in r.stderr, r.stderr[-3000:]
+    assert "nosuch: FAILED: FileNotFoundError" in r.stderr, r.stderr[-3000:]
+    assert "sweep: 1 ok, 1 failed" in r.stderr
+
+
+def test_ctrl_c_detaches_and_the_array_runs_on(
+    tmp_path: Path, tiny_siglip: Path, busy_node: str
+) -> None:
+    _, args = extract_args(tmp_path, tiny_siglip, 1, "launcher.shards=1", "launcher.poll_s=0.5")
+    cmd = [sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path / 'h'}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "PENDING (" in line:
+                break
+        array = "".join(lines).split("submitted array ")[1].split()[0]
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        proc.wait(timeout=30)
+        assert proc.returncode == 130, rest
+        assert f"detached; array {array} still runs: `scancel {array}`" in rest, rest
+        assert "job=status" in rest and "Traceback" not in rest, rest
+        assert slurm_state(array) == "PENDING"  # the array runs on
+    finally:
+        proc.kill()
+        subprocess.run(["scancel", array])

@@ -1,0 +1,102 @@
+"""``-m hydra/launcher=slurm``: hydra-submitit-launcher's sweep launcher, checked and reporting.
+
+Before submitting, each point's job config is validated (a bad value is refused at once, not
+inside a SLURM job after a queue wait) and the request is checked against the partition (nulls
+derived from it, as for ``launcher=slurm``). After the sweep, every point's outcome is printed,
+the failed ones with their error, and the run exits 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from omegaconf import open_dict
+
+from jobs import slurm_cluster as cluster
+
+
+class CheckedSlurmSweepLauncher(SlurmLauncher):
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        self._fit_request()
+        errors = [
+            self._check_point(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)
+        ]
+        bad = [(i, e) for i, e in enumerate(errors) if e is not None]
+        if bad:
+            for i, err in bad:
+                point = " ".join(job_overrides[i])
+                print(f"sweep: #{initial_job_idx + i} {point}: invalid: {err}", file=sys.stderr)
+            print(f"error: {len(bad)} sweep point(s) invalid; nothing submitted", file=sys.stderr)
+            raise SystemExit(2)
+        returns = super().launch(job_overrides, initial_job_idx)
+        report(returns, job_overrides, initial_job_idx)
+        return returns
+
+    def _fit_request(self) -> None:
+        """Refuse a request the partition can never run; derive null cpus/mem from it."""
+        p = self.params
+        part = cluster.partition(p.get("partition"), key="hydra.launcher")
+        cpus, mem_gb, timeout_min = cluster.derived(
+            part, p.get("cpus_per_task"), p.get("mem_gb"), p.get("timeout_min")
+        )
+        gpus = int(p.get("gpus_per_task") or p.get("gpus_per_node") or 0)
+        gpus = gpus or cluster.gres_gpus(p.get("gres"))
+        cluster.preflight(
+            part,
+            cpus=cpus,
+            mem_gb=mem_gb,
+            gpus=gpus,
+            timeout_min=timeout_min,
+            key="hydra.launcher",
+        )
+        p.update(cpus_per_task=cpus, mem_gb=int(mem_gb), timeout_min=timeout_min)
+
+    def _check_point(self, overrides: list[str], num: int) -> str | None:
+        """Why the job config of this point is invalid (None if it is fine)."""
+        from jobs.config import check_keys
+
+        assert self.hydra_context is not None and self.config is not None
+        hydra_cfg = HydraConfig.instance()
+        before = hydra_cfg.cfg
+        try:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+            with open_dict(cfg):
+                cfg.hydra.job.num, cfg.hydra.job.id = num, f"check_{num}"
+            hydra_cfg.set_config(cfg)  # what ${hydra:...} resolves against, as in the job
+            check_keys(cfg)
+            hydra.utils.instantiate(cfg.job, _convert_="all")
+        except Exception as e:  # noqa: BLE001 - reported per point
+            cause = e.__cause__ if e.__cause__ is not None else e
+            return f"{type(cause).__name__}: {cause}"
+        finally:
+            hydra_cfg.cfg = before
+        return None
+
+
+def report(returns: Sequence[JobReturn], overrides: Sequence[Sequence[str]], first: int) -> None:
+    """One line per point; exit 1 if any failed (the others' outcomes are shown first)."""
+    failed = 0
+    for i, (ret, point) in enumerate(zip(returns, overrides, strict=True)):
+        name = f"#{first + i} {' '.join(point)}"
+        if ret.status == JobStatus.COMPLETED and not _nonzero(ret._return_value):
+            print(f"sweep: {name}: ok", file=sys.stderr)
+            continue
+        failed += 1
+        err: Any = ret._return_value
+        why = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else f"{err}"
+        print(f"sweep: {name}: FAILED: {why}", file=sys.stderr)
+    print(f"sweep: {len(returns) - failed} ok, {failed} failed", file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
+
+
+def _nonzero(value: Any) -> bool:
+    return isinstance(value, int) and value != 0

@@ -1,0 +1,84 @@
+"""Unit tests of the SLURM driver's own logic (no cluster: squeue's answers are given)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobs import slurm_cluster as cluster
+from jobs.slurm import Watch
+
+
+def test_array_rows_expand_to_tasks() -> None:
+    assert cluster.expand("32_[0-1%2]") == ["32_0", "32_1"]
+    assert cluster.expand("7_[0,3-5]") == ["7_0", "7_3", "7_4", "7_5"]
+    assert cluster.expand("7_2") == ["7_2"]
+
+
+def test_time_limits_and_gres_parse() -> None:
+    assert cluster._minutes("10") == 10 and cluster._minutes("1-00:30:00") == 1470
+    assert cluster._minutes("UNLIMITED") == float("inf")
+    assert cluster._gpus("gpu:a100:4(S:0-1),shard:8") == 4 and cluster._gpus("(null)") == 0
+
+
+class FakeJob:
+    def __init__(self, job_id: str, folder: Path) -> None:
+        self.job_id = job_id
+        self.paths = type("P", (), {"result_pickle": folder / "none.pkl", "stderr": folder / "x"})
+
+
+def test_a_reason_that_never_clears_fails_fast_naming_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = {"9_0": {"state": "PENDING", "reason": "PartitionTimeLimit", "queued": True}}
+    monkeypatch.setattr(cluster, "array_states", lambda ids: rows)
+    cancelled: list[Any] = []
+    monkeypatch.setattr("jobs.slurm.subprocess.run", lambda cmd, **kw: cancelled.append(cmd))
+    launcher = type("L", (), {"store": None, "poll_s": 0.01})()
+    watch = Watch(launcher, "9", {0: FakeJob("9_0", tmp_path)}, [0])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"PartitionTimeLimit.*launcher\.timeout_min"):
+        watch.wait()
+    assert cancelled == [["scancel", "9"]]
+
+
+@pytest.mark.parametrize(
+    ("request_", "says"),
+    [
+        ({"cpus": 64}, "launcher.cpus_per_task=64: partition p has at most 2 CPUs per node"),
+        ({"mem_gb": 500}, "launcher.mem_gb=500: partition p has at most 21.0 GB per node"),
+        ({"gpus": 1}, "launcher.gpus_per_task=1: partition p has no GPUs"),
+        ({"timeout_min": 60}, "launcher.timeout_min=60: partition p allows at most 10 min"),
+    ],
+)
+def test_preflight_names_the_key_and_what_the_partition_offers(
+    request_: dict[str, Any], says: str
+) -> None:
+    part = cluster.Partition("p", cpus=2, mem_gb=21.0, gpus=0, max_time_min=10)
+    fits = {"cpus": 1, "mem_gb": 2.0, "gpus": 0, "timeout_min": 5}
+    cluster.preflight(part, **fits, key="launcher")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=says):
+        cluster.preflight(part, **{**fits, **request_}, key="launcher")  # type: ignore[arg-type]
+    assert cluster.derived(part, None, None, None) == (2, 16.0, 10)
+
+
+def test_status_lists_only_the_current_layout_with_pending_reasons(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobs.status import _with_slurm_states
+
+    old = {"launcher": "slurm", "submitted_at": 1.0, "shard_count": 4, "array_job_id": "5"}
+    old["jobs"] = {str(i): f"5_{i}" for i in range(4)}  # type: ignore[assignment]
+    new = {"launcher": "slurm", "submitted_at": 2.0, "shard_count": 2, "array_job_id": "6"}
+    new["jobs"] = {"0": "6_0", "1": "6_1"}  # type: ignore[assignment]
+    rows = {
+        "6_0": {"state": "PENDING", "reason": "Resources", "queued": True},
+        "6_1": {"state": "RUNNING", "reason": "None", "queued": True},
+    }
+    monkeypatch.setattr(cluster, "array_states", lambda ids: rows)
+    shards = {i: {"done": 0, "failed": 0, "frames": 0} for i in range(4)}  # ghosts 2 and 3
+    out = _with_slurm_states(shards, [old, new])
+    assert sorted(out) == [0, 1]
+    assert out[0]["slurm"] == {"job_id": "6_0", "state": "PENDING", "reason": "Resources"}
+    assert out[1]["slurm"] == {"job_id": "6_1", "state": "RUNNING"}
