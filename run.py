@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from cache import ShardLockedError
 from extract.encoders import EncoderLoadError
+from jobs import signals
 from jobs.config import check_keys  # importing jobs registers the settings nodes conf/ names
 
 # What a wrong path, setting or checkpoint raises: reported as one line, not a traceback.
@@ -34,10 +35,13 @@ def user_error(e: BaseException) -> BaseException | None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> int:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    signals.install()  # a signal commits what is buffered, prints one line, exits 128+N
     try:
         check_keys(cfg)
         job = hydra.utils.instantiate(cfg.job, _convert_="all")
         status = int(job.run())
+    except signals.StopRequested as stop:
+        signals.exit_stopped(stop)
     except Exception as e:
         err = user_error(e)
         if err is None or multirun or os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -171,6 +171,7 @@ class ExtractPipeline:
         out_dtype: OutDtype = "float16",
         on_event: Any = None,
         source: FrameSource | None = None,
+        stop_check: Callable[[], None] | None = None,
     ) -> None:
         self.encoder = encoder
         self.sink = sink
@@ -192,6 +193,8 @@ class ExtractPipeline:
         self.batch_sizes: deque[int] = deque(maxlen=4096)
         self.out_dtype = out_dtype
         self.on_event = on_event or (lambda kind, vid, n: None)
+        # called between items; raises to stop taking work (what the sink holds is its to commit)
+        self.stop_check = stop_check or (lambda: None)
         self._failed: set[str] = set()  # videos already reported failed mid-stream
         self._sink_lock = threading.Lock()  # the producer starts videos while we write others
 
@@ -244,7 +247,7 @@ class ExtractPipeline:
         pending_frames = 0
         try:
             while True:
-                item = q.get()
+                item = self._next(q)
                 if item is _DONE:
                     break
                 # A chunk that overfills the batch is split: every encoder call but the last
@@ -269,6 +272,14 @@ class ExtractPipeline:
         finally:
             stop.set()
             producer.join()
+
+    def _next(self, q: queue.Queue) -> Any:
+        while True:
+            self.stop_check()
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
 
     def _flush(self, events: list[Any]) -> None:
         """Encode the frames in ``events`` (at most a batch), then deliver events in order."""

@@ -21,6 +21,7 @@ from extract.pipeline import (
     FrameSource,
     VideoTask,
 )
+from jobs import signals
 from jobs.extract_ray import RayExtraction
 from jobs.inputs import resolve_videos
 from jobs.launchers import Launcher
@@ -174,23 +175,34 @@ def run_shard(
     enc = _shard_encoder(spec, encoder)
     layout = spec.store_layout(enc.tokens_per_frame, enc.dim)
     prov = {**provenance(), "encoder": enc.provenance, "autocast": enc.autocast}
-    init_store(spec.store, layout=layout, features=features_of(spec, enc, layout), provenance=prov)
-    tally = _Tally(result, _progress(len(todo), shard, shard_count, enabled=spec.progress))
-    with ShardWriter(
-        spec.store, shard, commit_interval_s=spec.commit_interval_s, provenance=prov
-    ) as writer:
-        pipe = ExtractPipeline(
-            enc,
-            writer,
-            decode=spec.decode,
-            batch_frames=spec.batch_frames,
-            batching=spec.batching,
-            out_dtype=layout.dtype,
-            on_event=tally,
-            source=source,
+    # From here on a signal only requests a stop: the pipeline stops taking work and the
+    # writer commits what it holds on the way out (jobs/signals.py).
+    with signals.deferred():
+        init_store(
+            spec.store, layout=layout, features=features_of(spec, enc, layout), provenance=prov
         )
-        pipe.run(todo)
-    tally.bar.close()
+        tally = _Tally(result, _progress(len(todo), shard, shard_count, enabled=spec.progress))
+        try:
+            with ShardWriter(
+                spec.store, shard, commit_interval_s=spec.commit_interval_s, provenance=prov
+            ) as writer:
+                pipe = ExtractPipeline(
+                    enc,
+                    writer,
+                    decode=spec.decode,
+                    batch_frames=spec.batch_frames,
+                    batching=spec.batching,
+                    out_dtype=layout.dtype,
+                    on_event=tally,
+                    source=source,
+                    stop_check=signals.check,
+                )
+                pipe.run(todo)
+        except signals.StopRequested as stop:
+            stop.frames += result.frames  # what this shard handed the writer, now committed
+            raise
+        finally:
+            tally.bar.close()
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -9,9 +9,15 @@ one worker, a process pool for several.
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+
+from jobs import signals
 
 R = TypeVar("R")
 
@@ -58,29 +64,27 @@ class LocalLauncher:
         ids = list(range(shard_count) if shards is None else shards)
         if self.workers == 1 or len(ids) <= 1:
             return [fn(i, shard_count) for i in ids]
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn: forking a process that holds torch threads and open decoders is unsafe.
-        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as ex:
+        with _worker_pool(self.workers) as ex:
             futures = [ex.submit(fn, i, shard_count) for i in ids]
-            return [f.result() for f in futures]
+            try:
+                return [f.result() for f in futures]
+            except signals.StopRequested as stop:
+                raise _stop_workers(ex, futures, stop) from None
 
     def run_ranks(self, fn: Callable[[int, int], R], world_size: int) -> R | None:
         if world_size == 1:
             return fn(0, 1)
-        import multiprocessing as mp
-        import os
-        from concurrent.futures import ProcessPoolExecutor
-
         # Rendezvous on this machine: spawned ranks inherit the environment, which is restored
         # afterwards so nothing launched later (e.g. an sbatch) sees this run's address.
         saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT")}
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         try:
-            with ProcessPoolExecutor(world_size, mp_context=mp.get_context("spawn")) as ex:
+            with _worker_pool(world_size) as ex:
                 futures = [ex.submit(fn, rank, world_size) for rank in range(world_size)]
-                results = [f.result() for f in futures]
+                try:
+                    results = [f.result() for f in futures]
+                except signals.StopRequested as stop:
+                    raise _stop_workers(ex, futures, stop) from None
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -88,6 +92,38 @@ class LocalLauncher:
                 else:
                     os.environ[k] = v
         return results[0]
+
+
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes that stop on signals like the driver, and when the driver dies (so none
+    is left orphaned holding a shard lock). spawn: forking a process that holds torch threads and
+    open decoders is unsafe."""
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=signals.worker_init,
+        initargs=(os.getpid(),),
+    )
+
+
+def _stop_workers(
+    ex: ProcessPoolExecutor, futures: list[Future[Any]], stop: signals.StopRequested
+) -> signals.StopRequested:
+    """Pass the driver's stop to its workers, wait for their commits; the stop with their
+    committed frames added."""
+    for f in futures:
+        f.cancel()  # not started: nothing to commit
+    for pid in list(getattr(ex, "_processes", {}) or {}):
+        try:
+            os.kill(pid, stop.signum)
+        except ProcessLookupError:
+            pass
+    wait_futures(futures)
+    for f in futures:
+        err = None if f.cancelled() else f.exception()
+        if isinstance(err, signals.StopRequested):
+            stop.frames += err.frames
+    return stop
 
 
 def free_port() -> int:
