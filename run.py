@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from cache import ShardLockedError
 from extract.encoders import EncoderLoadError
@@ -22,6 +24,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     FileNotFoundError,
     EncoderLoadError,
     ShardLockedError,
+    OmegaConfBaseException,  # a missing required value (store=), a failed interpolation
 )
 
 
@@ -30,6 +33,14 @@ def user_error(e: BaseException) -> BaseException | None:
     while isinstance(e, InstantiationException) and e.__cause__ is not None:
         e = e.__cause__
     return e if isinstance(e, USER_ERRORS) else None
+
+
+# Hydra's own errors (composition, overrides, a missing value) reach __main__ as exceptions, so
+# they share the one error path below; the user's HYDRA_FULL_ERROR=1 still shows tracebacks.
+FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+# What Hydra and OmegaConf raise for a wrong command line: one line too.
+CLI_ERRORS: tuple[type[Exception], ...] = (HydraException, OmegaConfBaseException)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -44,10 +55,9 @@ def main(cfg: DictConfig) -> int:
         signals.exit_stopped(stop)
     except Exception as e:
         err = user_error(e)
-        if err is None or multirun or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if err is None or multirun or FULL_ERROR:
             raise
-        print(f"error: {err}\n(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(err)
     if multirun:
         # In a sweep the process hosts other jobs too: report failure without exiting.
         if status:
@@ -56,5 +66,18 @@ def main(cfg: DictConfig) -> int:
     raise SystemExit(status)
 
 
+def fail(err: BaseException) -> NoReturn:
+    """The CLI's one error path: one ``error:`` line, exit 2."""
+    text = " ".join(str(err).split(" Config search path:")[0].split()) or type(err).__name__
+    print(f"error: {text}\n(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    main()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises; we report (or re-raise if FULL_ERROR)
+    try:
+        main()
+    except CLI_ERRORS as e:
+        if FULL_ERROR or isinstance(e, InstantiationException):  # a bug, not a command line
+            raise
+        fail(e)

@@ -14,9 +14,13 @@ from pathlib import Path, PurePosixPath
 # Characters kept as they are; everything else is %XX-escaped (UTF-8 bytes), like a URL path.
 _SAFE = re.compile(r"[A-Za-z0-9._\-]")
 MAX_ID_CHARS = 512
+MAX_PART_CHARS = 96  # a longer escaped name becomes a readable prefix plus a hash of the whole
 
 
-def _escape_part(part: str) -> str:
+def escape_part(part: str) -> str:
+    """``part`` in the id alphabet (%XX-escaped UTF-8)."""
+    if part in (".", ".."):  # a legal file name ("..mp4" has stem "."): escaped, not refused
+        return part.replace(".", "%2E")
     out = []
     for ch in part:
         if _SAFE.fullmatch(ch):
@@ -61,7 +65,19 @@ def video_id_for(path: str | Path, root: str | Path) -> str:
         raise ValueError(f"video path {str(path)!r} is the input root itself")
     stem = PurePosixPath(parts[-1]).stem or parts[-1]
     parts[-1] = stem
-    return validate_video_id("/".join(_escape_part(part) for part in parts))
+    return validate_video_id("/".join(_shorten(escape_part(part)) for part in parts))
+
+
+def _shorten(part: str) -> str:
+    """A stable short form of a long escaped name: its first characters and a hash of it."""
+    if len(part) <= MAX_PART_CHARS:
+        return part
+    import hashlib
+
+    digest = hashlib.sha256(part.encode()).hexdigest()[:16]
+    head = part[: MAX_PART_CHARS - 18]
+    cut = head.rfind("%", len(head) - 2)  # do not split a %XX escape
+    return f"{head[:cut] if cut >= 0 else head}--{digest}"
 
 
 def _normpath(p: Path) -> str:

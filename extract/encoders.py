@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -48,6 +48,9 @@ class SiglipConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     autocast: Autocast = "auto"  # auto (bf16 on GPU, off on CPU) | off | bfloat16 | float16
 
+    def __post_init__(self) -> None:
+        check_encoder_settings(self.pool, self.autocast)
+
 
 @dataclass(frozen=True)
 class ClipConfig:
@@ -64,6 +67,22 @@ class ClipConfig:
     pool: int = 3  # as SiglipConfig.pool
     device: str = "auto"
     autocast: Autocast = "auto"
+
+    def __post_init__(self) -> None:
+        check_encoder_settings(self.pool, self.autocast)
+
+
+MAX_POOL = 32  # beyond the patch grid of any supported model (the grid itself is checked at load)
+
+
+def check_encoder_settings(pool: int, autocast: str) -> None:
+    """Refuse an encoder setting before any model loads or any store is made."""
+    if not 0 <= pool <= MAX_POOL:
+        raise ValueError(f"encoder.pool must be between 0 (CLS only) and {MAX_POOL}, got {pool}")
+    if autocast not in get_args(Autocast):
+        raise ValueError(
+            f"encoder.autocast must be one of {', '.join(get_args(Autocast))}, got {autocast!r}"
+        )
 
 
 @dataclass(frozen=True)

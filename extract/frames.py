@@ -7,18 +7,20 @@ correct for variable frame rate; a video shorter than ``1 / fps`` gives one fram
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import torch
 
 SeekMode = Literal["exact", "approximate"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,25 @@ class DecodeOptions:
     # encoder's (extract.frames.default_workers)
     workers: int | None = None
 
+    MAX_FPS: ClassVar[float] = 240.0  # above any camera's rate: a typo, not a setting
+
     def __post_init__(self) -> None:
-        if not self.fps > 0:
-            raise ValueError(f"job.decode.fps must be > 0, got {self.fps}")
+        if not 0 < self.fps <= self.MAX_FPS:
+            raise ValueError(f"job.decode.fps must be > 0 and <= {self.MAX_FPS:g}, got {self.fps}")
+        if self.seek_mode not in get_args(SeekMode):
+            raise ValueError(
+                f"job.decode.seek_mode must be one of {', '.join(get_args(SeekMode))}, "
+                f"got {self.seek_mode!r}"
+            )
+        for name in ("frames_per_call", "queue_chunks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"job.decode.{name} must be >= 1, got {getattr(self, name)}")
+        if self.size is not None and self.size < 1:
+            raise ValueError(f"job.decode.size must be >= 1 or null, got {self.size}")
+        if self.threads < 0:
+            raise ValueError(f"job.decode.threads must be >= 0, got {self.threads}")
+        if not self.budget_mb > 0:
+            raise ValueError(f"job.decode.budget_mb must be > 0, got {self.budget_mb}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"job.decode.workers must be >= 1 or null, got {self.workers}")
 
@@ -163,6 +181,13 @@ class FrameReader:
             codec=md.codec,
             rotation=md.rotation,
         )
+        if self.probe.average_fps and fps > self.probe.average_fps:
+            log.warning(
+                "%s: job.decode.fps=%g is above the video's %.3g frames/s: frames repeat",
+                self.path,
+                fps,
+                self.probe.average_fps,
+            )
         self.times = sample_times(
             self.probe.begin_stream_seconds, self.probe.end_stream_seconds, fps
         )

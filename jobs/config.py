@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import typing
 from collections.abc import Collection, Iterator
 from dataclasses import MISSING, fields, is_dataclass
 from typing import Any, cast
@@ -149,3 +150,36 @@ def check_keys(cfg: DictConfig, root: str = "job") -> None:
                 f"unknown key(s) {', '.join(f'{path}.{k}' for k in unknown)}; valid keys of "
                 f"{path}: {', '.join(sorted(keys or ()))}"
             )
+        check_types(get_object(target), node, path)
+
+
+_KINDS: dict[Any, tuple[str, tuple[type, ...]]] = {
+    int: ("an integer", (int,)),
+    float: ("a number", (int, float)),
+    bool: ("true or false", (bool,)),
+    str: ("a string", (str,)),
+}
+
+
+def check_types(target: Any, node: dict[str, Any], path: str) -> None:
+    """Refuse a value of the wrong type for a plain (int, float, bool, str, optional) setting of a
+    settings dataclass, naming its key (``job.decode.fps=abc``)."""
+    if not is_dataclass(target):
+        return
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - an annotation we cannot resolve is not checked
+        return
+    for name, value in node.items():
+        hint = hints.get(name)
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        if optional and len(args) == 2:
+            hint = next(a for a in args if a is not type(None))
+        if hint not in _KINDS or (value is None and optional):
+            continue
+        if isinstance(value, str) and "${" in value:
+            continue  # an interpolation: checked where it points
+        what, ok = _KINDS[hint]
+        if not isinstance(value, ok) or (hint is not bool and isinstance(value, bool)):
+            raise ValueError(f"{path}.{name} must be {what}, got {value!r}")

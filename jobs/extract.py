@@ -75,6 +75,17 @@ class ExtractSpec:
         object.__setattr__(self, "videos", tuple(self.videos))
         if self.batching not in ("dynamic", "fixed"):
             raise ValueError(f"job.batching must be dynamic or fixed, got {self.batching!r}")
+        if self.batch_frames < 1:
+            raise ValueError(f"job.batch_frames must be >= 1, got {self.batch_frames}")
+        if self.encode_threads is not None and self.encode_threads < 0:
+            raise ValueError(f"job.encode_threads must be >= 0 or null, got {self.encode_threads}")
+        if self.commit_interval_s < 0:
+            raise ValueError(f"job.commit_interval_s must be >= 0, got {self.commit_interval_s}")
+        store = Path(self.store).expanduser()
+        if store.exists() and not store.is_dir():
+            raise ValueError(f"store={self.store!r} is a file, not a store folder")
+        if store.is_dir() and (store / "zarr.json").is_file():
+            check_store_file(store / "zarr.json")
         self.store_layout(1, 1)  # the chosen geometry fails now, not after the encoder loads
 
     def store_layout(self, tokens_per_frame: int, dim: int) -> StoreLayout:
@@ -83,6 +94,16 @@ class ExtractSpec:
             return self.layout(tokens_per_frame=tokens_per_frame, dim=dim)
         except ValueError as e:
             raise ValueError(f"job.layout: {e}") from None
+
+
+def check_store_file(path: Path) -> None:
+    """Refuse a damaged store root file, naming it (before any model loads)."""
+    import json
+
+    try:
+        json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"store file {path} is damaged (not JSON: {e})") from None
 
 
 @dataclass

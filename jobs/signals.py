@@ -37,6 +37,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Any, NoReturn
@@ -152,8 +153,20 @@ def worker_init(parent_pid: int) -> None:
     """Initializer of a worker process: stop on signals, and when ``parent_pid`` dies."""
     install()
     set_parent_death_signal(signal.SIGTERM)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(128 + signal.SIGTERM)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    # A pool worker whose driver died would wait for work for ever: once its commit is done
+    # (it has left the deferred region) it exits.
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    if _state.requested is None:
+        os.kill(os.getpid(), signal.SIGTERM)  # where prctl is unavailable
+        time.sleep(0.2)
+    while _state.deferring:
+        time.sleep(0.05)
+    os._exit(128 + signal.SIGTERM)
 
 
 __all__ = [

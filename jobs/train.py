@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -61,10 +62,37 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+_CHECKPOINT = re.compile(r"step-(\d+)")
+# What a resumed run must share with its checkpoint (the rest, e.g. max_steps, may change).
+RESUME_KEYS = ("store", "data", "model", "seed", "grad_accum", "world_size")
+
+
 def _latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    ckpts = [p for p in ckpts if (p / "trainer.pt").exists()]
-    return ckpts[-1] if ckpts else None
+    """The newest complete checkpoint (an interrupted save's ``step-N.tmp`` is ignored)."""
+    found = [
+        (int(m.group(1)), p)
+        for p in (out / "checkpoints").glob("step-*")
+        if (m := _CHECKPOINT.fullmatch(p.name)) and (p / "trainer.pt").exists()
+    ]
+    return max(found)[1] if found else None
+
+
+def check_resume(saved: dict[str, Any], spec: TrainSpec, ckpt: Path) -> None:
+    """Refuse to resume ``ckpt`` with settings that change the model, the store or the data."""
+    now = asdict(spec)
+    differ = [
+        f"job.{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now"
+        for k in RESUME_KEYS
+        if k in saved and _plain_value(saved[k]) != _plain_value(now[k])
+    ]
+    if differ:
+        raise ValueError(
+            f"cannot resume from {ckpt}: " + "; ".join(differ) + " (use another job.output_dir)"
+        )
+
+
+def _plain_value(v: Any) -> Any:
+    return json.loads(json.dumps(v, default=str))
 
 
 class Trainer:
@@ -141,6 +169,7 @@ class Trainer:
         if ckpt is None:
             return
         state = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
+        check_resume(state.get("spec", {}), self.spec, ckpt)
         named = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, value in state["trainable"].items():

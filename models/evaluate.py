@@ -127,7 +127,7 @@ def split_turns(input_ids: torch.Tensor, eos_token_id: int) -> list[tuple[int, i
     starts where the previous one stopped (the first at 0). Tokens after the last eos are in
     no span."""
     stops = ((input_ids == eos_token_id).nonzero().flatten() + 1).tolist()
-    starts = [0, *stops[:-1]]
+    starts = [0, *stops[:-1]] if stops else []  # no eos yet (no reply): no turn
     return list(zip(starts, stops, strict=True))
 
 
@@ -380,6 +380,9 @@ def evaluate_sample(
             f"the sample has {sample.frame_tokens} tokens per frame, the model"
             f" {model.frame_tokens} (model.frame_tokens)"
         )
+    if not split_turns(sample.input_ids.flatten(), model.eos_token_id):
+        # A conversation with no reply yet: nothing to score, the reference's defaults apply.
+        return SampleMetrics.from_turns([], fps=fps, threshold=threshold)
     was_training = model.training
     model.eval()
     try:

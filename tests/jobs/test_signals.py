@@ -130,3 +130,55 @@ def test_signal_commits_says_one_line_and_resumes(
         np.testing.assert_allclose(
             np.asarray(ta, np.float32), np.asarray(tb, np.float32), atol=1e-2
         )
+
+
+def children_of(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_workers_exit_when_their_driver_is_killed(
+    tmp_path: Path, tiny_siglip: Path, videos: Path, clean_store: Path
+) -> None:
+    store = tmp_path / "out.zarr"
+    args = extract_args(videos, store, tiny_siglip, "launcher.workers=2")
+    proc = start(args, tmp_path / "h1")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # both workers have their writer (and its lock)
+        journals = list((store / "index").glob("shard-*.jsonl")) if store.exists() else []
+        if len([j for j in journals if j.stat().st_size]) == 2:
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    workers = children_of(proc.pid)
+    assert len(workers) >= 2, workers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [w for w in workers if alive(w)]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    proc.communicate(timeout=10)  # the workers shared its pipes
+    assert not left, "workers outlived their driver"
+    r = run_cli(*args, hydra_dir=tmp_path / "h2")  # no shard is still locked
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert open_store(store).video_ids(status="done") == open_store(clean_store).video_ids()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -252,3 +253,22 @@ def test_train_on_a_store_extracted_at_1_fps(
     v_id = tok.convert_tokens_to_ids("<v>")
     last_v = [i for i in range(len(ids) - 1) if ids[i] == v_id and ids[i + 1] != v_id]
     assert [tok.decode([int(item["labels"][i])]) for i in last_v] == ["]", ",", ",", "]", "]"]
+
+
+def test_resume_ignores_an_interrupted_save_and_refuses_other_settings(
+    setup: tuple[Path, Path], tiny_llm: Path, tmp_path: Path
+) -> None:
+    store, ann = setup
+    spec = spec_for(store, ann, tiny_llm, tmp_path / "run", max_steps=2)
+    assert train_rank(spec, 0, 1)["step"] == 2
+    ckpts = tmp_path / "run" / "checkpoints"
+    half = ckpts / "step-0000015.tmp"  # what Ctrl-C during a save leaves
+    shutil.copytree(ckpts / "step-0000002", half)
+    assert train_rank(replace(spec, max_steps=3), 0, 1)["step"] == 3  # resumed from step 2
+    other_model = replace(spec, max_steps=4, model=replace(spec.model, lora_r=8))
+    with pytest.raises(ValueError, match=r"cannot resume .*job\.model: .*lora_r"):
+        train_rank(other_model, 0, 1)
+    shutil.copytree(store, tmp_path / "elsewhere.zarr")  # the same tokens, another store
+    other_store = replace(spec, max_steps=4, store=str(tmp_path / "elsewhere.zarr"))
+    with pytest.raises(ValueError, match=r"job\.store: "):
+        train_rank(other_store, 0, 1)

@@ -360,3 +360,17 @@ def test_evaluate_sample_end_to_end(tiny_llm: Path) -> None:
     assert m.fluency == pytest.approx(sum(fluencies) / len(fluencies))
     back = json.loads(json.dumps(asdict(m)))
     assert back["turns"][2]["frame_diff"] == -2 and back["fps"] == 2.0
+
+
+def test_evaluate_sample_with_no_reply_scores_nothing(tiny_llm: Path) -> None:
+    model, tok = tiny_model(tiny_llm)
+    s = encode_conversation(
+        tok, Conversation([StreamTurn(3, learn=True)], system=SYSTEM), frame_tokens=T
+    )
+    assert split_turns(s.input_ids, model.eos_token_id) == []
+    m = evaluate_sample(model, s, torch.randn(s.num_frames, T, D), fps=2.0)
+    assert m.turns == [] and m.lm_ppl is None and m.time_diff is None
+    assert (
+        m.reference_values()
+        == SampleMetrics.from_turns([], fps=2.0, threshold=0.0).reference_values()
+    )
