@@ -102,6 +102,19 @@ class VideoProbe:
         return self.end_stream_seconds - self.begin_stream_seconds
 
 
+def stream_duration(path: str | Path) -> float | None:
+    """The video stream's duration from the file's header (no scan, no decoding); ``None``
+    when the file cannot be opened as a video (the decoder then says why)."""
+    from torchcodec.decoders import VideoDecoder
+
+    try:
+        md = VideoDecoder(str(path), seek_mode="approximate").metadata
+    except Exception:  # noqa: BLE001 - not a video, missing, unreadable: reported elsewhere
+        return None
+    duration = md.duration_seconds_from_header or md.duration_seconds
+    return round(float(duration), 6) if duration else None
+
+
 def sample_times(begin_seconds: float, end_seconds: float, fps: float) -> np.ndarray:
     """The sampling times ``begin + k / fps`` that are ``< end`` (at least one if end > begin)."""
     if fps <= 0:

@@ -47,13 +47,15 @@ class EvalSpec:
 
 
 def _load(spec: EvalSpec) -> tuple[Any, Any, StreamDataset]:
+    from extract.encoders import hub_access
     from models.live import check_features, load_checkpoint
     from models.prompt import encode_conversation
 
     assert spec.adapter  # checked by EvalSpec
     store = open_store(spec.store)
     per_frame, dim = int(store.layout["tokens_per_frame"]), int(store.layout["dim"])
-    model, tokenizer = load_checkpoint(spec.adapter, llm=spec.llm, frame_tokens=per_frame)
+    with hub_access():  # an unreachable hub: the local cache at once, as for every hub id
+        model, tokenizer = load_checkpoint(spec.adapter, llm=spec.llm, frame_tokens=per_frame)
     check_features(model, per_frame, dim, f"store {spec.store}")
     samples = read_samples(spec.data, fps=store_fps(store))[: spec.max_samples]
     encode = functools.partial(

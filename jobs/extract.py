@@ -23,6 +23,7 @@ from cache import (
     read_store_attrs,
 )
 from extract.encoders import Encoder, EncoderConfig, build_encoder, describe
+from extract.frames import stream_duration
 from extract.pipeline import (
     Batching,
     DecodeOptions,
@@ -288,8 +289,9 @@ def run_shard(
 
 
 class _FingerprintedSink:
-    """The shard writer, given each source's fingerprint when its video starts (a changed
-    source restarts the video instead of resuming it; ``job=verify`` compares it later)."""
+    """The shard writer, given each source's fingerprint (size, mtime, crc32c of its ends,
+    stream duration) when its video starts: a changed source restarts the video instead of
+    resuming it; ``job=verify`` compares it later."""
 
     def __init__(self, writer: ShardWriter, tasks: Sequence[VideoTask]) -> None:
         self.writer = writer
@@ -297,10 +299,13 @@ class _FingerprintedSink:
         self.write, self.finish, self.fail = writer.write, writer.finish, writer.fail
 
     def start(self, video_id: str) -> int:
+        path = self.paths[video_id]
         try:
-            source = fingerprint(self.paths[video_id])
+            source = fingerprint(path)
         except OSError:
             source = None  # unreadable: the decoder says why
+        if source is not None and (duration := stream_duration(path)) is not None:
+            source["duration_seconds"] = duration  # a re-cut replacement of the same size
         start = self.writer.start(video_id, source=source)
         if video_id in self.writer.restarted:
             print(f"extract: {video_id}: {self.writer.restarted[video_id]}", file=sys.stderr)

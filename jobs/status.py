@@ -141,6 +141,7 @@ def launched_status(root: Path, launches: list[dict[str, Any]]) -> dict[str, Any
         "failures": {},
         "shards": shards,
         "problems": [],
+        "source_changed": {},
     }
 
 
@@ -186,7 +187,7 @@ def format_status(s: dict[str, Any]) -> str:
         lines.append(f"  IN PROGRESS {vid}: {frames} frames committed")
     for vid, why in sorted(s["failures"].items()):
         lines.append(f"  FAILED {vid}: {why}")
-    for vid, why in sorted(s["source_changed"].items()):
+    for vid, why in sorted(s.get("source_changed", {}).items()):
         lines.append(f"  SOURCE CHANGED {vid}: {why} (its features are of the old file)")
     for p in s["problems"]:
         lines.append(f"  PROBLEM {p}")

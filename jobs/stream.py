@@ -118,12 +118,16 @@ class StreamJob:
         self.rate = self.spec.fps or self.spec.decode.fps  # frames fed per second
 
     def run(self) -> int:
+        from extract.encoders import hub_access
         from models.live import check_features, load_checkpoint
         from models.streaming import StreamingSession
 
         spec = self.spec
         frames, per_frame, dim, source = self.open_source()
-        model, tokenizer = load_checkpoint(spec.adapter or "", llm=spec.llm, frame_tokens=per_frame)
+        with hub_access():  # an unreachable hub: the local cache at once, as for every hub id
+            model, tokenizer = load_checkpoint(
+                spec.adapter or "", llm=spec.llm, frame_tokens=per_frame
+            )
         check_features(model, per_frame, dim, source)
         session = StreamingSession(
             model,

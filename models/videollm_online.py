@@ -32,7 +32,8 @@ _CONNECTOR_KEY = re.compile(r"(?:^|\.)connector\.(0|2)\.(weight|bias)$")
 
 def resolve(ref: str | Path) -> Path:
     """A local checkpoint directory, or a hub id fetched (or found in the local cache) with
-    ``huggingface_hub.snapshot_download``, as every other hub id."""
+    ``huggingface_hub.snapshot_download``; jobs call it inside ``extract.encoders.hub_access``,
+    so an unreachable hub falls back to the local cache at once, as for every other hub id."""
     path = Path(ref).expanduser()
     if path.is_dir():
         return path

@@ -198,3 +198,34 @@ def test_unknown_config_keys_are_errors(tmp_path: Path, override: str) -> None:
     )
     assert r.returncode != 0
     assert override.lstrip("+").split("=")[0].split(".")[-1] in r.stderr, r.stderr[-2000:]
+
+
+def test_a_video_start_records_its_source_fingerprint_with_the_stream_duration(
+    tmp_path: Path,
+) -> None:
+    """Issue 14: size, mtime and stream duration are journalled when a video starts, and a
+    resume against a re-cut source of another duration restarts the video, naming why."""
+    from cache import ShardWriter, StoreLayout, init_store, read_journal
+    from extract.pipeline import VideoTask
+    from jobs.extract import _FingerprintedSink
+
+    src = tmp_path / "a.mp4"
+    make_video(src, seconds=3.0, width=64, height=48)
+    root = tmp_path / "s.zarr"
+    init_store(root, layout=StoreLayout(1, 4), features={"encoder": "test"}, provenance={})
+    tokens, pts = np.zeros((2, 1, 4), np.float16), np.array([0.0, 0.5])
+    with ShardWriter(root, 0, commit_interval_s=0) as w:
+        sink = _FingerprintedSink(w, [VideoTask("a", src)])
+        assert sink.start("a") == 0
+        sink.write("a", tokens, pts)
+    starts = [
+        r for r in read_journal(root / "index" / "shard-00000.jsonl") if r.get("kind") == "start"
+    ]
+    source = starts[-1]["source"]
+    assert source["size"] == src.stat().st_size and "mtime_ns" in source
+    assert source["duration_seconds"] == pytest.approx(3.0, abs=0.1)
+    make_video(src, seconds=2.0, width=64, height=48)  # re-cut: another duration
+    with ShardWriter(root, 0, commit_interval_s=0) as w:
+        sink = _FingerprintedSink(w, [VideoTask("a", src)])
+        assert sink.start("a") == 0  # restarted, not resumed from the old file's frames
+        assert "duration_seconds" in w.restarted["a"]

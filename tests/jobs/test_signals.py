@@ -17,13 +17,16 @@ from extract.samples import make_video
 from tests.jobs.cli import ROOT, run_cli
 
 VIDEOS = 3
+# 3 x 30 s at 4 FPS = 360 frames: the tiny encoder is still busy seconds after the writer
+# starts, on a quiet machine too (a 5 s clip finished before the signal came)
+SECONDS = 30.0
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("sigvideos")
     for i in range(VIDEOS):
-        make_video(d / f"v{i}.mp4", seconds=5.0, width=64, height=48)
+        make_video(d / f"v{i}.mp4", seconds=SECONDS, width=64, height=48)
     return d
 
 
@@ -64,7 +67,7 @@ def wait_for_frames(store: Path, proc: subprocess.Popen[str], timeout: float = 1
         assert proc.poll() is None, proc.communicate()
         journal = store / "index" / "shard-00000.jsonl"
         if journal.exists() and journal.stat().st_size:
-            time.sleep(2.0)  # frames are being encoded into the writer's buffer
+            time.sleep(1.5)  # frames are being encoded into the writer's buffer
             return
         time.sleep(0.05)
     raise AssertionError("no writer started")

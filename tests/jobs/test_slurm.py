@@ -366,7 +366,8 @@ def task_log(store: Path) -> str:
 
 
 def test_scancel_of_a_running_task_commits_its_frames(tmp_path: Path, tiny_siglip: Path) -> None:
-    store, args = long_run(tmp_path, tiny_siglip)
+    # A minute of video each: decoding only what is sampled, 20 s videos finished in ~15 s.
+    store, args = long_run(tmp_path, tiny_siglip, seconds=60.0)
     # Nothing would be committed before the end of the shard without the signal.
     r = run_cli(
         *args, "job.commit_interval_s=3600", "launcher.wait=false", hydra_dir=tmp_path / "h"
@@ -374,7 +375,7 @@ def test_scancel_of_a_running_task_commits_its_frames(tmp_path: Path, tiny_sigli
     assert r.returncode == 0, r.stderr[-2000:]
     job_id = task_job_id(store)
     wait_for(lambda: (store / "zarr.json").exists(), 240, "the task to start writing")
-    time.sleep(15)  # encoding, with nothing committed yet
+    time.sleep(5)  # encoding (the model loaded before the store existed), nothing committed yet
     subprocess.run(["scancel", job_id], check=True)
     wait_for(lambda: slurm_state(job_id) == "GONE", 60, "cancelled job to leave the queue")
     index = load_index(store)
