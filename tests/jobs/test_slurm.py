@@ -309,21 +309,29 @@ def busy_node() -> Iterator[str]:
     subprocess.run(["scancel", out])
 
 
-def test_pending_array_shows_its_reason_and_a_cancel_returns_in_seconds(
-    tmp_path: Path, tiny_siglip: Path, busy_node: str
-) -> None:
-    _, args = extract_args(tmp_path, tiny_siglip, 16, "launcher.shards=16", "launcher.poll_s=0.5")
+def start_driver_until_pending(
+    tmp_path: Path, args: list[str]
+) -> tuple[subprocess.Popen[str], str]:
+    """Start a waiting driver; its stderr up to the first line that shows a pending reason."""
     cmd = [sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path / 'h'}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        lines.append(line)
+        if "PENDING (" in line:
+            break
+    return proc, "".join(lines)
+
+
+def test_pending_array_shows_its_reason_and_a_cancel_returns_in_seconds(
+    tmp_path: Path, tiny_siglip: Path, busy_node: str
+) -> None:
+    _, args = extract_args(tmp_path, tiny_siglip, 16, "launcher.shards=16", "launcher.poll_s=0.5")
+    proc, pending = start_driver_until_pending(tmp_path, args)
     try:
         assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if "PENDING (" in line:
-                break
-        pending = "".join(lines)
         assert "0/16 done, 16 PENDING (" in pending, pending
         array = pending.split("submitted array ")[1].split()[0]
         t0 = time.monotonic()
@@ -435,17 +443,10 @@ def test_ctrl_c_detaches_and_the_array_runs_on(
     tmp_path: Path, tiny_siglip: Path, busy_node: str
 ) -> None:
     _, args = extract_args(tmp_path, tiny_siglip, 1, "launcher.shards=1", "launcher.poll_s=0.5")
-    cmd = [sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path / 'h'}"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
+    proc, pending = start_driver_until_pending(tmp_path, args)
     try:
         assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if "PENDING (" in line:
-                break
-        array = "".join(lines).split("submitted array ")[1].split()[0]
+        array = pending.split("submitted array ")[1].split()[0]
         proc.send_signal(signal.SIGINT)
         rest = proc.stderr.read()
         proc.wait(timeout=30)
