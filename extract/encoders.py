@@ -112,6 +112,18 @@ class EncoderLoadError(RuntimeError):
     pass
 
 
+HUB_OR_DIR = "<hub id or local directory with the checkpoint>"
+
+
+def load_failed(what: str, err: BaseException, hub: str | None, hint: str) -> EncoderLoadError:
+    """The one-line error for a checkpoint that would not load: what, the loader's reason (one
+    line, at most 300 characters), why the hub was not used, and the setting to change."""
+    reason = " ".join(str(err).split())[:300]
+    return EncoderLoadError(
+        f"cannot load {what}: {reason}{f' ({hub})' if hub else ''}. Set encoder.pretrained={hint}"
+    )
+
+
 HUB_PROBE_TIMEOUT_S = 5.0
 _hub_status: dict[str, str | None] = {}
 
@@ -279,11 +291,7 @@ def build_siglip(cfg: SiglipConfig) -> Encoder:
         try:
             model = SiglipVisionModel.from_pretrained(src)
         except (OSError, ValueError) as e:
-            raise EncoderLoadError(
-                f"cannot load SigLIP weights {ref!r}: {' '.join(str(e).split())[:300]}"
-                f"{f' ({hub})' if hub else ''}. "
-                f"Set encoder.pretrained=<hub id or local directory with the checkpoint>"
-            ) from None
+            raise load_failed(f"SigLIP weights {ref!r}", e, hub, HUB_OR_DIR) from None
         try:  # a saved image processor overrides the SigLIP defaults
             from transformers import AutoImageProcessor
 
@@ -338,10 +346,11 @@ def build_clip(cfg: ClipConfig) -> Encoder:
                 name, pretrained=pretrained if not name.startswith("hf-hub:") else None
             )
         except Exception as e:  # noqa: BLE001 - open_clip raises many kinds for a bad tag or hub
-            raise EncoderLoadError(
-                f"cannot load open_clip {name!r} with pretrained={pretrained!r}: "
-                f"{' '.join(str(e).split())[:300]}{f' ({hub})' if hub else ''}. "
-                f"Set encoder.pretrained=<tag, hf-hub id or local checkpoint file>"
+            raise load_failed(
+                f"open_clip {name!r} with pretrained={pretrained!r}",
+                e,
+                hub,
+                "<tag, hf-hub id or local checkpoint file>",
             ) from None
     visual = model.visual
     if getattr(visual, "attn_pool", None) is not None or not hasattr(visual, "ln_post"):
@@ -416,11 +425,7 @@ def build_siglip2(cfg: Siglip2Config) -> Encoder:
         try:
             model_type = AutoConfig.from_pretrained(src).model_type
         except (OSError, ValueError) as e:
-            raise EncoderLoadError(
-                f"cannot load SigLIP 2 config {ref!r}: {' '.join(str(e).split())[:300]}"
-                f"{f' ({hub})' if hub else ''}. "
-                f"Set encoder.pretrained=<hub id or local directory with the checkpoint>"
-            ) from None
+            raise load_failed(f"SigLIP 2 config {ref!r}", e, hub, HUB_OR_DIR) from None
     if model_type in ("siglip", "siglip_vision_model"):
         sig = SiglipConfig(pretrained=ref, pool=cfg.pool, device=cfg.device, autocast=cfg.autocast)
         return build_siglip(sig)
@@ -440,10 +445,11 @@ def _build_naflex(cfg: Siglip2Config, src: str, local: bool) -> Encoder:
             model = Siglip2VisionModel.from_pretrained(src)
             processor = Siglip2ImageProcessor.from_pretrained(src)
         except (OSError, ValueError) as e:
-            raise EncoderLoadError(
-                f"cannot load SigLIP 2 NaFlex weights and image processor {cfg.pretrained!r}: "
-                f"{' '.join(str(e).split())[:300]}{f' ({hub})' if hub else ''}. "
-                f"Set encoder.pretrained=<hub id or local directory with the checkpoint>"
+            raise load_failed(
+                f"SigLIP 2 NaFlex weights and image processor {cfg.pretrained!r}",
+                e,
+                hub,
+                HUB_OR_DIR,
             ) from None
     budget = cfg.max_num_patches or int(processor.max_num_patches)
     patch = int(model.config.patch_size)  # type: ignore[arg-type]
