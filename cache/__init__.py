@@ -21,6 +21,7 @@ from cache.store import StoreMismatchError, init_store, read_store_attrs
 from cache.writer import (
     ShardLockedError,
     ShardWriter,
+    disk_full,
     fingerprint,
     holding_shard,
     mark_damaged,
@@ -38,6 +39,7 @@ __all__ = [
     "VideoEntry",
     "adopt_segments",
     "check_segment",
+    "disk_full",
     "fingerprint",
     "holding_shard",
     "init_store",

@@ -7,6 +7,7 @@ leaves a consistent shard (the commit protocol is in docs/cache.md).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -209,10 +210,10 @@ class ShardWriter:
         for final in self._finals:
             final["committed_at"] = now
         seg = segment_name(self._next_seq)
-        if groups:
-            records += self._write_segment(seg, groups, self._finals)
-        records += self._finals
         try:
+            if groups:
+                records += self._write_segment(seg, groups, self._finals)
+            records += self._finals
             append_records(self.journal, records)  # all or nothing
         except BaseException:
             if groups:  # not journalled: the frames stay buffered for the next try
@@ -236,9 +237,6 @@ class ShardWriter:
     ) -> list[dict[str, Any]]:
         """Stage, fsync and rename one segment; its journal lines. The segment's attributes
         repeat those lines (and the videos it completes) so a lost journal can be rebuilt."""
-        import zarr
-        from zarr.codecs import Crc32cCodec
-
         lay = self.layout
         tokens = np.concatenate([t for g in groups for t in g.tokens])
         pts = np.concatenate([t for g in groups for t in g.pts])
@@ -277,6 +275,22 @@ class ShardWriter:
             "videos": [{k: v for k, v in r.items() if k != "kind"} for r in finals],
         }
         staging = self.dir / f".staging-{seg}-{uuid.uuid4().hex[:8]}"
+        try:
+            self._stage(staging, attrs, tokens, pts)
+        except BaseException:  # e.g. a full disk: leave no half-written staging folder
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        os.rename(staging, self.dir / seg)
+        _fsync_dir(self.dir)
+        return [segment, *starts, *pieces]
+
+    def _stage(
+        self, staging: Path, attrs: dict[str, Any], tokens: np.ndarray, pts: np.ndarray
+    ) -> None:
+        import zarr
+        from zarr.codecs import Crc32cCodec
+
+        lay, n = self.layout, len(tokens)
         group = zarr.open_group(staging, mode="w", zarr_format=3, attributes=attrs)  # type: ignore[arg-type]
         chunk = min(lay.chunk_frames, n)
         shard = min(lay.file_frames, -(-n // chunk) * chunk)
@@ -305,9 +319,6 @@ class ShardWriter:
         )
         parr[...] = pts
         _fsync_tree(staging)
-        os.rename(staging, self.dir / seg)
-        _fsync_dir(self.dir)
-        return [segment, *starts, *pieces]
 
     def close(self) -> None:
         """Commit what is buffered (unfinished videos keep their committed frames for resume)."""
@@ -328,12 +339,22 @@ class ShardWriter:
     def __enter__(self) -> ShardWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         # Even on an error, what is buffered is consistent: finished videos are worth keeping.
         try:
             self.close()
+        except OSError:
+            if not disk_full(exc):
+                raise
+            # Still full: the buffered frames are dropped (a rerun redoes them) and the first
+            # error, which says why, is the one that propagates.
         finally:
             self.abort()
+
+
+def disk_full(e: BaseException | None) -> bool:
+    """Whether ``e`` is a write refused for lack of space (a full disk or an exhausted quota)."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def shard_locked(root: str | Path, shard: int) -> bool:

@@ -17,6 +17,7 @@ from cache import (
     StoreLayout,
     StoreMismatchError,
     VideoEntry,
+    disk_full,
     fingerprint,
     init_store,
     load_index,
@@ -34,7 +35,7 @@ from extract.pipeline import (
 )
 from jobs import signals
 from jobs.extract_ray import RayExtraction
-from jobs.inputs import resolve_videos
+from jobs.inputs import resolve_inputs
 from jobs.launchers import Launcher
 from jobs.provenance import provenance
 from jobs.ray_launcher import RayLauncher
@@ -119,6 +120,7 @@ class ShardResult:
     seconds: float = 0.0
     started_at: float = 0.0  # wall clock (time.time) when the task began
     first_frame_at: float | None = None  # wall clock when its first frames were encoded
+    error: str | None = None  # why the shard stopped early (a full disk); its work is kept
 
 
 @functools.lru_cache(maxsize=2)
@@ -257,11 +259,11 @@ def run_shard(
     # From here on a signal only requests a stop: the pipeline stops taking work and the
     # writer commits what it holds on the way out (jobs/signals.py).
     with signals.deferred():
-        init_store(
-            spec.store, layout=layout, features=features_of(spec, enc, layout), provenance=prov
-        )
         tally = _Tally(result, _progress(len(todo), shard, shard_count, enabled=spec.progress))
         try:
+            init_store(
+                spec.store, layout=layout, features=features_of(spec, enc, layout), provenance=prov
+            )
             with ShardWriter(
                 spec.store, shard, commit_interval_s=spec.commit_interval_s, provenance=prov
             ) as writer:
@@ -282,6 +284,11 @@ def run_shard(
         except signals.StopRequested as stop:
             stop.frames += result.frames  # what this shard handed the writer, now committed
             raise
+        except OSError as e:
+            if not disk_full(e):
+                raise
+            # Not a video's fault: the shard stops, keeps what was committed, and says why.
+            result.error = f"{e.strerror} writing {e.filename or spec.store}"
         finally:
             tally.bar.close()
     result.seconds = time.perf_counter() - t0
@@ -365,12 +372,19 @@ class ExtractJob:
         if summary is None:
             return 0
         print(format_summary(summary))
+        for why in dict.fromkeys(r["error"] for r in summary["shards"] if r.get("error")):
+            print(
+                f"error: extraction stopped: {why}; what was committed is kept: "
+                "free space, then rerun the same command",
+                file=sys.stderr,
+            )
         return 1 if summary["failed"] or summary["missing"] else 0
 
     def execute(self) -> dict[str, Any] | None:
         """Run the extraction; the summary (``None`` when the launcher only submitted)."""
         t0, submitted_at = time.perf_counter(), time.time()
-        inputs = resolve_videos(self.videos, self.spec.videos_root)
+        found = resolve_inputs(self.videos, self.spec.videos_root)
+        inputs = found.tasks
         spec = replace(self.spec, videos=tuple(inputs))
         check_store_settings(spec)  # before any decision to skip
         known = indexed_videos(spec.store)  # read once here, not once per shard
@@ -390,7 +404,9 @@ class ExtractJob:
                 f"python run.py job=status store={spec.store}"
             )
             return None
-        summary = summarize(spec.store, inputs, before, results, time.perf_counter() - t0)
+        summary = summarize(
+            spec.store, inputs, before, results, time.perf_counter() - t0, found.rejected
+        )
         firsts = [r.first_frame_at for r in results if r is not None and r.first_frame_at]
         summary["seconds_to_first_frame"] = round(min(firsts) - submitted_at, 3) if firsts else None
         return summary
@@ -418,8 +434,10 @@ def summarize(
     before: dict[str, str],
     results: Sequence[ShardResult | None],
     wall_seconds: float,
+    rejected: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Counts for this run's inputs, read back from the index (the source of truth)."""
+    """Counts for this run's inputs, read back from the index (the source of truth).
+    ``rejected``: files that could not become inputs (path -> why), counted as failed."""
     index = indexed_videos(store)
     done = skipped = frames = 0
     failures: dict[str, str] = {}
@@ -436,13 +454,15 @@ def summarize(
                 frames += int(e.record["num_frames"])
         else:
             failures[v.video_id] = f"{e.record.get('source_path')}: {e.record.get('error')}"
+    rejected = dict(rejected or {})
     return {
         "store": str(Path(store).absolute()),
-        "videos": len(inputs),
+        "videos": len(inputs) + len(rejected),
         "done": done,
         "skipped": skipped,
-        "failed": len(failures),
+        "failed": len(failures) + len(rejected),
         "failures": failures,
+        "rejected": rejected,
         "missing": missing,
         "frames": frames,
         "wall_seconds": round(wall_seconds, 2),
@@ -459,6 +479,8 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     for vid, why in sorted(s["failures"].items()):
         lines.append(f"  FAILED {vid}: {why}")
+    for path, why in sorted(s.get("rejected", {}).items()):
+        lines.append(f"  FAILED {path}: {why} (not in the store)")
     for vid in s["missing"]:
         lines.append(f"  NOT PROCESSED {vid} (rerun the same command to finish)")
     lines.append(f"store: {s['store']}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cache import video_id_for
@@ -31,21 +33,34 @@ VIDEO_EXTENSIONS = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What ``videos=`` names: the videos to extract, and the files that cannot be (their path ->
+    why), which a run reports as failed without stopping."""
+
+    tasks: list[VideoTask]
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
 def resolve_videos(videos: str, root: str | None = None) -> list[VideoTask]:
+    """The videos :func:`resolve_inputs` finds (rejected files are only logged)."""
+    return resolve_inputs(videos, root).tasks
+
+
+def resolve_inputs(videos: str, root: str | None = None) -> Inputs:
     """Expand ``videos`` (a directory, a text file of paths, or a glob) into sorted inputs.
 
     Ids are paths relative to ``root``: by default the directory itself, the glob's fixed
     prefix, or the common parent of the listed paths (set ``root`` for ids that stay stable when
     a list grows). Listed paths that do not exist are kept: extraction records them as failed.
+    A folder and a glob are walked the same way: symlinked folders are followed (each folder
+    once), and a folder that cannot be read is skipped with a warning naming it.
     """
     spec = os.path.expanduser(str(videos))
     p = Path(spec)
     if glob.has_magic(spec):
-        try:
-            paths = [Path(x) for x in glob.glob(spec, recursive=True) if Path(x).is_file()]
-        except OSError as e:  # e.g. too many levels of symbolic links
-            raise ValueError(f"videos={videos!r}: cannot expand the glob: {e}") from None
         default_root = Path(_glob_prefix(spec))
+        paths = glob_files(spec, default_root)
     elif p.is_dir():
         paths = [x for x in walk_files(p) if x.suffix.lower() in VIDEO_EXTENSIONS]
         default_root = p
@@ -76,15 +91,22 @@ def resolve_videos(videos: str, root: str | None = None) -> list[VideoTask]:
     return assign_ids(sorted({Path(os.path.normpath(x)) for x in paths}), base)
 
 
-def assign_ids(paths: list[Path], base: Path) -> list[VideoTask]:
-    """Ids for ``paths``: a path whose id cannot be made is skipped with a warning naming it;
-    paths whose ids collide (``A.mp4`` and ``A.MP4``) keep their extension in their ids."""
+def assign_ids(paths: list[Path], base: Path) -> Inputs:
+    """Ids for ``paths``. A path whose id cannot be made is rejected with the reason (the run
+    reports it as failed); paths whose ids collide (``A.mp4`` and ``A.MP4``) keep their
+    extension in their ids."""
     ids: dict[Path, str] = {}
+    rejected: dict[str, str] = {}
+
+    def reject(path: Path, why: str) -> None:
+        log.warning("cannot extract %s: %s", path, why)
+        rejected[str(path)] = why
+
     for path in paths:
         try:
             ids[path] = video_id_for(path, base)
         except ValueError as e:
-            log.warning("skipped %s: %s", path, e)
+            reject(path, f"no usable video id: {e}")
     by_id: dict[str, list[Path]] = {}
     for path, vid in ids.items():
         by_id.setdefault(vid, []).append(path)
@@ -97,17 +119,44 @@ def assign_ids(paths: list[Path], base: Path) -> list[VideoTask]:
         for path in group:
             full = f"{vid}{escape_part(path.suffix)}"
             if full in out or full in by_id:
-                log.warning("skipped %s: its id %r is taken", path, full)
+                reject(path, f"its video id {full!r} is taken by another input")
                 continue
             out[full] = VideoTask(full, path)
-    return [out[k] for k in sorted(out)]
+    return Inputs([out[k] for k in sorted(out)], rejected)
 
 
-def walk_files(top: Path) -> list[Path]:
-    """Files under ``top``, following symlinked folders as a ``**`` glob does (each folder once,
-    so a symlink loop ends) and warning about a folder it cannot read."""
+def glob_files(pattern: str, prefix: Path) -> list[Path]:
+    """Files matching ``pattern`` (``glob`` rules: ``**`` spans folders, ``*`` does not match a
+    leading dot), found by the same walk as a folder so both modes skip and warn alike."""
+    want = list(Path(pattern).parts[len(prefix.parts) :])
+    n = len(prefix.parts)
+    depth = None if "**" in want else len(want) - 1  # folders below the prefix worth entering
+    return [path for path in walk_files(prefix, depth) if _match(want, list(path.parts[n:]))]
+
+
+def _match(want: list[str], parts: list[str]) -> bool:
+    """Whether path ``parts`` match pattern ``want``, part by part, as ``glob`` would."""
+    if not want:
+        return not parts
+    if want[0] == "**":  # zero or more folders, none of them hidden
+        for i in range(len(parts) + 1):
+            if i and parts[i - 1].startswith("."):
+                return False
+            if _match(want[1:], parts[i:]):
+                return True
+        return False
+    if not parts or (parts[0].startswith(".") and not want[0].startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(parts[0], want[0]) and _match(want[1:], parts[1:])
+
+
+def walk_files(top: Path, max_depth: int | None = None) -> list[Path]:
+    """Files under ``top`` (at most ``max_depth`` folders down), following symlinked folders as
+    a ``**`` glob does (each folder once, so a symlink loop ends) and warning about a folder it
+    cannot read."""
     seen: set[tuple[int, int]] = set()
     out: list[Path] = []
+    base = len(Path(top).parts)
 
     def warn(e: OSError) -> None:
         log.warning("skipped %s: %s", e.filename, e.strerror)
@@ -118,6 +167,8 @@ def walk_files(top: Path) -> list[Path]:
             dirnames[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
+        if max_depth is not None and len(Path(dirpath).parts) - base >= max_depth:
+            dirnames[:] = []
         out += [Path(dirpath, f) for f in filenames if os.path.isfile(os.path.join(dirpath, f))]
     return out
 

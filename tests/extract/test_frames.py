@@ -118,3 +118,17 @@ def test_unreadable_file_is_reported_as_permission_denied() -> None:
                 FrameReader(video.path, size=64, decode=DecodeOptions(fps=2.0))
     finally:
         shutil.rmtree(d)
+
+
+def test_a_rate_above_the_source_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    video = make_video(tmp_path / "slow.mp4", seconds=1.0, fps=10, width=64, height=48)
+    with caplog.at_level("WARNING"):
+        reader = FrameReader(video.path, size=32, decode=DecodeOptions(fps=20.0))
+    assert "job.decode.fps=20 is above the video's 10 frames/s: frames repeat" in caplog.text
+    assert len(reader.times) == 20  # still sampled as asked
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        FrameReader(video.path, size=32, decode=DecodeOptions(fps=2.0))
+    assert "above the video's" not in caplog.text

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,11 @@ def test_extract_end_to_end_with_bad_inputs(tmp_path: Path, tiny_siglip: Path) -
     shutil.copytree(tiny_siglip, model)
     store = world_tmp / "out.zarr"
     listing = world_tmp / "list.txt"
-    paths = [*sorted(p for p in videos.rglob("*") if p.is_file()), bad["missing"]]
+    # A listed file outside job.videos_root has no id: it fails alone, named by its path.
+    outside = world_tmp / "elsewhere" / "stray.mp4"
+    outside.parent.mkdir()
+    make_video(outside, seconds=1.0)
+    paths = [*sorted(p for p in videos.rglob("*") if p.is_file()), bad["missing"], outside]
     listing.write_text("\n".join(str(p) for p in paths) + "\n")
     args = [
         "job=extract",
@@ -62,7 +67,9 @@ def test_extract_end_to_end_with_bad_inputs(tmp_path: Path, tiny_siglip: Path) -
     r = run_cli(*args, hydra_dir=world_tmp / "hydra")
     assert r.returncode == 1, r.stderr[-3000:]
     out = r.stdout
-    assert "3 done, 0 skipped (already complete), 6 failed" in out, out
+    assert "3 done, 0 skipped (already complete), 7 failed" in out, out
+    stray = [ln for ln in out.splitlines() if ln.startswith(f"  FAILED {outside}")]
+    assert len(stray) == 1 and "is not under the input root" in stray[0], out
     s = open_store(store)
     assert set(s.video_ids(status="done")) == set(good)
     reasons = {vid: s.info(vid)["error"] for vid in s.video_ids(status="failed")}
@@ -229,3 +236,73 @@ def test_a_video_start_records_its_source_fingerprint_with_the_stream_duration(
         sink = _FingerprintedSink(w, [VideoTask("a", src)])
         assert sink.start("a") == 0  # restarted, not resumed from the old file's frames
         assert "duration_seconds" in w.restarted["a"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB filesystem of its own (tmpfs), to fill up."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the filesystem is full."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_gives_one_line_and_the_summary(
+    tmp_path: Path, tiny_siglip: Path, small_disk: Path
+) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(3):
+        make_video(videos / f"v{i}.mp4", seconds=2.0, width=96, height=64)
+    store = small_disk / "out.zarr"
+    args = [
+        "job=extract",
+        f"store={store}",
+        f"encoder.pretrained={tiny_siglip}",
+        "job.batch_frames=4",
+    ]
+    first = run_cli(*args, f"videos={videos / 'v0.mp4'}", hydra_dir=tmp_path / "h1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    filler = fill(small_disk)
+
+    full = run_cli(*args, f"videos={videos}", hydra_dir=tmp_path / "h2")
+    assert full.returncode == 1, full.stderr[-3000:]
+    errors = [ln for ln in full.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0], full.stderr[-3000:]
+    assert "rerun the same command" in errors[0]
+    assert "Traceback" not in full.stderr, full.stderr[-3000:]
+    assert "extract summary: 3 videos: 0 done, 1 skipped" in full.stdout, full.stdout
+    assert "NOT PROCESSED v1" in full.stdout and "NOT PROCESSED v2" in full.stdout
+    assert not list(store.glob("shards/*/.staging-*")), "a half-written segment was left"
+    v = run_cli("job=verify", f"store={store}", hydra_dir=tmp_path / "h3")
+    assert v.returncode == 0 and "verify: OK" in v.stdout, v.stdout + v.stderr
+
+    filler.unlink()  # space again: the rerun does only what is missing
+    again = run_cli(*args, f"videos={videos}", hydra_dir=tmp_path / "h4")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 done, 1 skipped (already complete), 0 failed" in again.stdout, again.stdout
+    index = load_index(store)
+    want = len(sample_times(0.0, 2.0, 2.0))
+    assert all(index.videos[f"v{i}"].record["num_frames"] == want for i in range(3))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from cache import validate_video_id
-from jobs.inputs import resolve_videos
+from extract.samples import unprivileged
+from jobs.inputs import glob_files, resolve_inputs, resolve_videos
 
 
 def touch(p: Path) -> Path:
@@ -53,23 +57,6 @@ def test_folder_and_glob_agree_on_symlinks_and_loops_end(tmp_path: Path) -> None
     assert "linked/a" in {f"linked/{v}" for v in globbed} | globbed
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
-def test_unreadable_subfolder_is_warned_about(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    touch(tmp_path / "ok.mp4")
-    locked = tmp_path / "locked"
-    touch(locked / "x.mp4")
-    locked.chmod(0)
-    try:
-        with caplog.at_level(logging.WARNING):
-            tasks = resolve_videos(str(tmp_path))
-    finally:
-        locked.chmod(0o755)
-    assert [t.video_id for t in tasks] == ["ok"]
-    assert "locked" in caplog.text
-
-
 def test_recursive_glob_through_a_symlink_loop_does_not_crash(tmp_path: Path) -> None:
     top = tmp_path / "top"
     touch(top / "b.mp4")
@@ -80,3 +67,60 @@ def test_recursive_glob_through_a_symlink_loop_does_not_crash(tmp_path: Path) ->
         assert "cannot expand the glob" in str(e)
     else:
         assert "b" in {t.video_id for t in tasks}
+
+
+def test_a_file_without_an_id_is_rejected_by_path(tmp_path: Path) -> None:
+    touch(tmp_path / "root" / "a.mp4")
+    stray = touch(tmp_path / "other" / "b.mp4")
+    listing = tmp_path / "list.txt"
+    listing.write_text("root/a.mp4\nother/b.mp4\n")
+    found = resolve_inputs(str(listing), root=str(tmp_path / "root"))
+    assert [t.video_id for t in found.tasks] == ["a"]
+    assert list(found.rejected) == [str(stray)]
+    assert "not under the input root" in found.rejected[str(stray)]
+
+
+@pytest.mark.parametrize("mode", ["folder", "glob"])
+def test_both_modes_warn_about_a_folder_they_cannot_read(
+    caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    # Root reads every folder, so the walk runs as nobody (``unprivileged``), in a folder nobody
+    # may enter (pytest's own tmp folders are 0700).
+    top = Path(tempfile.mkdtemp(prefix="streamfeat-unreadable-"))
+    locked = top / "locked"
+    try:
+        top.chmod(0o755)
+        touch(top / "ok.mp4")
+        touch(locked / "x.mp4")
+        locked.chmod(0)
+        arg = str(top) if mode == "folder" else str(top / "**" / "*.mp4")
+        with caplog.at_level(logging.WARNING), unprivileged():
+            tasks = resolve_videos(arg)
+    finally:
+        locked.chmod(0o755)
+        shutil.rmtree(top)
+    assert [t.video_id for t in tasks] == ["ok"]
+    assert f"skipped {locked}: Permission denied" in caplog.text
+
+
+def test_glob_mode_matches_what_glob_matches(tmp_path: Path) -> None:
+    """The walk that replaces ``glob.glob`` (so that it warns and ends symlink loops) keeps its
+    rules: ``*`` stays in one folder and skips dot files, ``**`` spans folders but not hidden
+    ones, ``?`` and ``[..]`` match one character."""
+    for name in [
+        "a.mp4",
+        "b.mkv",
+        ".hidden.mp4",
+        "s/c.mp4",
+        "s/t/d.mp4",
+        "s/.h/e.mp4",
+        ".dot/f.mp4",
+        "x1.mp4",
+        "x22.mp4",
+    ]:
+        touch(tmp_path / name)
+    for pattern in ["*.mp4", "**/*.mp4", "s/*.mp4", "s/**/*.mp4", "*/*.mp4", "x?.mp4", "[ab].*"]:
+        spec = str(tmp_path / pattern)
+        want = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        got = sorted(glob_files(spec, tmp_path))
+        assert got == want, pattern
