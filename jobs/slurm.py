@@ -71,8 +71,10 @@ class SlurmLauncher:
 
     Every sbatch setting users need is a field; ``additional_parameters`` passes anything else
     (e.g. ``{"reservation": "x"}``) and ``setup`` adds shell lines before the task starts (module
-    loads, env vars). ``cpus_per_task``, ``mem_gb`` and ``timeout_min`` left null are derived
-    from the partition; a request no node of it can run is refused before submission.
+    loads, env vars). ``gpus_per_task``, ``cpus_per_task``, ``mem_gb`` and ``timeout_min``
+    left null are derived from the partition (``cluster.derived``: one GPU per task where the
+    nodes have GPUs, with its share of a node's CPUs and memory); a request no node of it can
+    run is refused before submission.
     ``wait=False`` submits and returns at once (``run`` and ``run_ranks`` then return ``None``).
     While waiting, the driver polls the array every ``poll_s`` seconds and prints its states.
     Each array is recorded in ``folder`` and, with ``store``, registered in that store, where
@@ -88,7 +90,7 @@ class SlurmLauncher:
     qos: str | None = None
     constraint: str | None = None
     gres: str | None = None
-    gpus_per_task: int = 0
+    gpus_per_task: int | None = None
     cpus_per_task: int | None = None
     mem_gb: float | None = None
     timeout_min: int | None = None
@@ -114,22 +116,32 @@ class SlurmLauncher:
     def shard_count(self) -> int:
         return self.shards
 
-    def request(self) -> tuple[int, float, int]:
-        """CPUs, GB and minutes per task, checked against the partition (ValueError if no node
-        of it can ever run them; nulls derived from it)."""
+    def request(self, tasks: int = 1) -> cluster.Request:
+        """What each task asks for, checked against the partition (ValueError if no node of it
+        can ever run it; nulls derived from it). GPUs asked for through ``gres`` count too.
+        ``tasks``: tasks sharing one node (the ranks of ``run_ranks``)."""
         part = cluster.partition(self.partition)
-        cpus, mem_gb, timeout_min = cluster.derived(
-            part, self.cpus_per_task, self.mem_gb, self.timeout_min
+        gpus = self.gpus_per_task
+        if gpus is None and self.gres is not None:
+            gpus = cluster.gres_gpus(self.gres)
+        req = cluster.derived(
+            part, self.cpus_per_task, self.mem_gb, self.timeout_min, gpus, tasks=tasks
         )
-        gpus = self.gpus_per_task or cluster.gres_gpus(self.gres)
         cluster.preflight(
-            part, cpus=cpus, mem_gb=mem_gb, gpus=gpus, timeout_min=timeout_min, key="launcher"
+            part,
+            cpus=req.cpus,
+            mem_gb=req.mem_gb,
+            gpus=req.gpus,
+            timeout_min=req.timeout_min,
+            key="launcher",
+            tasks=tasks,
         )
-        check_signal_delay(timeout_min, "launcher.timeout_min")
-        return cpus, mem_gb, timeout_min
+        check_signal_delay(req.timeout_min, "launcher.timeout_min")
+        return req
 
-    def executor(self) -> Any:
-        cpus, mem_gb, timeout_min = self.request()
+    def executor(self, tasks: int = 1) -> Any:
+        req = self.request(tasks)
+        cpus, mem_gb, timeout_min = req.cpus, req.mem_gb, req.timeout_min
         ex = submitit.AutoExecutor(
             folder=Path(self.folder) / "%j",
             cluster="slurm",
@@ -151,7 +163,8 @@ class SlurmLauncher:
             "slurm_qos": self.qos,
             "slurm_constraint": self.constraint,
             "slurm_gres": self.gres,
-            "slurm_gpus_per_task": self.gpus_per_task or None,
+            # GPUs go through gres when it is set, else as --gpus-per-task
+            "slurm_gpus_per_task": (req.gpus or None) if self.gres is None else None,
         }
         params.update({k: v for k, v in optional.items() if v is not None})
         ex.update_parameters(**params)
@@ -228,7 +241,7 @@ class SlurmLauncher:
 
     def run_ranks(self, fn: Callable[[int, int], R], world_size: int) -> R | None:
         """One SLURM job with ``world_size`` tasks (one per rank, ``gpus_per_task`` each)."""
-        ex = self.executor()
+        ex = self.executor(tasks=world_size)
         ex.update_parameters(tasks_per_node=world_size, slurm_array_parallelism=1)
         try:
             job = ex.submit(RankTask(fn))
@@ -237,7 +250,11 @@ class SlurmLauncher:
         print(f"slurm: submitted job {job.job_id} ({world_size} rank(s))", file=sys.stderr)
         if not self.wait:
             return None
-        return job.results()[0]  # type: ignore[no-any-return]
+        result = Watch(self, str(job.job_id), {0: job}, [0], what="job").wait()[0]
+        if result is None:  # its state and the end of its log are printed above
+            print(f"error: SLURM job {job.job_id} did not finish", file=sys.stderr)
+            raise SystemExit(1)
+        return result  # type: ignore[no-any-return]
 
 
 class Watch:
@@ -249,9 +266,15 @@ class Watch:
     LOG_LINES = 5
 
     def __init__(
-        self, launcher: SlurmLauncher, array_id: str, jobs: dict[int, Any], ids: list[int]
+        self,
+        launcher: SlurmLauncher,
+        array_id: str,
+        jobs: dict[int, Any],
+        ids: list[int],
+        what: str = "array",
     ):
         self.launcher, self.array_id, self.jobs, self.ids = launcher, array_id, jobs, ids
+        self.what = what  # "array" (shards: frames/s from the store) or "job" (training ranks)
         self.started = time.time()
 
     def wait(self) -> list[Any]:
@@ -263,7 +286,9 @@ class Watch:
                 line = self.describe(states)
                 now = time.monotonic()
                 if line != last_line or now - last_print >= self.HEARTBEAT_S:
-                    print(f"slurm: array {self.array_id}: {line}{self.rate()}", file=sys.stderr)
+                    print(
+                        f"slurm: {self.what} {self.array_id}: {line}{self.rate()}", file=sys.stderr
+                    )
                     last_line, last_print = line, now
                 if all(s["state"] in cluster.ENDED_STATES for s in states.values()):
                     return self.collect(states)
@@ -272,8 +297,13 @@ class Watch:
             status = e.exit_status if isinstance(e, signals.StopRequested) else 130
             store = self.launcher.store or "STORE"
             print(
-                f"\nslurm: detached; array {self.array_id} still runs: `scancel {self.array_id}` "
-                f"stops it, `python run.py job=status store={store}` follows it",
+                f"\nslurm: detached; {self.what} {self.array_id} still runs: "
+                f"`scancel {self.array_id}` stops it, "
+                + (
+                    f"`python run.py job=status store={store}` follows it"
+                    if self.what == "array"
+                    else f"its logs are in {self.launcher.folder}"
+                ),
                 file=sys.stderr,
             )
             raise SystemExit(status) from None
@@ -305,7 +335,7 @@ class Watch:
     def rate(self) -> str:
         """Frames committed to the store since this array's wait began, per second."""
         store = self.launcher.store
-        if store is None or not (Path(store) / "zarr.json").exists():
+        if self.what != "array" or store is None or not (Path(store) / "zarr.json").exists():
             return ""
         try:
             entries = load_index(Path(store)).videos.values()
@@ -325,8 +355,8 @@ class Watch:
                 subprocess.run(["scancel", self.array_id], capture_output=True, timeout=30)
                 keys = cluster.NEVER_CLEARS[reason]
                 raise ValueError(
-                    f"array {self.array_id} can never start ({reason}); change launcher.{keys}. "
-                    f"The array was cancelled."
+                    f"{self.what} {self.array_id} can never start ({reason}); change "
+                    f"launcher.{keys}. The {self.what} was cancelled."
                 )
 
     def collect(self, states: dict[int, dict[str, Any]]) -> list[Any]:
@@ -334,7 +364,7 @@ class Watch:
         and the last lines of each failed task's log."""
         counts = Counter(s["state"] for s in states.values())
         summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-        print(f"slurm: array {self.array_id} ended: {summary}", file=sys.stderr)
+        print(f"slurm: {self.what} {self.array_id} ended: {summary}", file=sys.stderr)
         results = []
         for shard in self.ids:
             job, state = self.jobs[shard], states[shard]["state"]

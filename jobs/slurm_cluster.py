@@ -109,21 +109,31 @@ def _gpus(gres: str) -> int:
 
 
 def preflight(
-    part: Partition, *, cpus: int, mem_gb: float, gpus: int, timeout_min: float, key: str
+    part: Partition,
+    *,
+    cpus: int,
+    mem_gb: float,
+    gpus: int,
+    timeout_min: float,
+    key: str,
+    tasks: int = 1,
 ) -> None:
-    """Refuse a request no node of ``part`` can ever run (ValueError naming ``key.*``)."""
+    """Refuse a request no node of ``part`` can ever run (ValueError naming ``key.*``).
+    ``tasks`` tasks share one node (training ranks): CPUs and GPUs count per task, memory
+    (``--mem``) per node."""
     where = f"partition {part.name}"
-    if cpus > part.cpus:
+    times = f" x {tasks} ranks" if tasks > 1 else ""
+    if cpus * tasks > part.cpus:
         raise ValueError(
-            f"{key}.cpus_per_task={cpus}: {where} has at most {part.cpus} CPUs per node"
+            f"{key}.cpus_per_task={cpus}{times}: {where} has at most {part.cpus} CPUs per node"
         )
     if mem_gb > part.mem_gb:
         raise ValueError(
             f"{key}.mem_gb={mem_gb:g}: {where} has at most {part.mem_gb:.1f} GB per node"
         )
-    if gpus > part.gpus:
+    if gpus * tasks > part.gpus:
         offers = f"at most {part.gpus} GPUs per node" if part.gpus else "no GPUs (no gpu GRES)"
-        raise ValueError(f"{key}.gpus_per_task={gpus}: {where} has {offers}")
+        raise ValueError(f"{key}.gpus_per_task={gpus}{times}: {where} has {offers}")
     if timeout_min > part.max_time_min:
         raise ValueError(
             f"{key}.timeout_min={timeout_min:g}: {where} allows at most "
@@ -131,14 +141,46 @@ def preflight(
         )
 
 
+@dataclass(frozen=True)
+class Request:
+    """What one task asks for."""
+
+    cpus: int
+    mem_gb: float
+    gpus: int
+    timeout_min: int
+
+
 def derived(
-    part: Partition, cpus: int | None, mem_gb: float | None, timeout_min: int | None
-) -> tuple[int, float, int]:
-    """Requests left null, derived from the partition: up to 4 CPUs, 16 GB and 4 hours."""
-    return (
-        cpus if cpus is not None else max(1, min(4, part.cpus)),
-        mem_gb if mem_gb is not None else min(16.0, float(int(part.mem_gb))),
-        timeout_min if timeout_min is not None else int(min(240, part.max_time_min)),
+    part: Partition,
+    cpus: int | None,
+    mem_gb: float | None,
+    timeout_min: int | None,
+    gpus: int | None = None,
+    tasks: int = 1,
+) -> Request:
+    """Requests left null, derived from the partition. GPUs: one per task where its nodes have
+    GPUs, else none. A GPU task gets its GPUs' share of a node's CPUs and memory (an 8-GPU,
+    104-core node: 13 cores per one-GPU task, which decode for its encoder); a CPU task up to 4
+    CPUs and 16 GB. Time: up to 4 hours, within the partition's MaxTime. ``tasks`` tasks on
+    one node (training ranks) split the CPUs; memory is per node."""
+    if gpus is None:
+        gpus = 1 if part.gpus else 0
+    share = min(1.0, gpus / part.gpus) if gpus and part.gpus else 0.0
+    node_share = min(1.0, share * tasks)
+    return Request(
+        cpus=(
+            cpus
+            if cpus is not None
+            else max(1, int(part.cpus * share) or min(4, part.cpus // tasks))
+        ),
+        mem_gb=(
+            mem_gb
+            if mem_gb is not None
+            else float(int(part.mem_gb * node_share) or min(16.0, float(int(part.mem_gb))))
+        ),
+        gpus=gpus,
+        timeout_min=timeout_min if timeout_min is not None else int(min(240, part.max_time_min)),
     )
 
 

@@ -41,23 +41,27 @@ class CheckedSlurmSweepLauncher(SlurmLauncher):
         return returns
 
     def _fit_request(self) -> None:
-        """Refuse a request the partition can never run; derive null cpus/mem from it."""
+        """Refuse a request the partition can never run; derive null GPUs, CPUs and memory
+        from it as ``launcher=slurm`` does."""
         p = self.params
         part = cluster.partition(p.get("partition"), key="hydra.launcher")
-        cpus, mem_gb, timeout_min = cluster.derived(
-            part, p.get("cpus_per_task"), p.get("mem_gb"), p.get("timeout_min")
+        asked = p.get("gpus_per_task", p.get("gpus_per_node"))
+        if asked is None and p.get("gres"):
+            asked = cluster.gres_gpus(p.get("gres"))
+        req = cluster.derived(
+            part, p.get("cpus_per_task"), p.get("mem_gb"), p.get("timeout_min"), asked
         )
-        gpus = int(p.get("gpus_per_task") or p.get("gpus_per_node") or 0)
-        gpus = gpus or cluster.gres_gpus(p.get("gres"))
         cluster.preflight(
             part,
-            cpus=cpus,
-            mem_gb=mem_gb,
-            gpus=gpus,
-            timeout_min=timeout_min,
+            cpus=req.cpus,
+            mem_gb=req.mem_gb,
+            gpus=req.gpus,
+            timeout_min=req.timeout_min,
             key="hydra.launcher",
         )
-        p.update(cpus_per_task=cpus, mem_gb=int(mem_gb), timeout_min=timeout_min)
+        p.update(cpus_per_task=req.cpus, mem_gb=int(req.mem_gb), timeout_min=req.timeout_min)
+        if req.gpus and not p.get("gres") and not p.get("gpus_per_node"):
+            p.update(gpus_per_task=req.gpus)
 
     def _check_point(self, overrides: list[str], num: int) -> str | None:
         """Why the job config of this point is invalid (None if it is fine)."""

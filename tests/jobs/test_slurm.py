@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -457,3 +458,39 @@ def test_ctrl_c_detaches_and_the_array_runs_on(
     finally:
         proc.kill()
         subprocess.run(["scancel", array])
+
+
+def readme_slurm_example() -> list[str]:
+    """The launcher settings of the README's SLURM row, as written there."""
+    text = (ROOT / "README.md").read_text()
+    row = next(ln for ln in text.splitlines() if ln.startswith("| SLURM array |"))
+    found = re.search(r"`([^`]*launcher=slurm[^`]*)`", row)
+    assert found, row
+    return found.group(1).split()
+
+
+def test_the_readme_cluster_example_runs_as_written(tmp_path: Path, tiny_siglip: Path) -> None:
+    """The README's SLURM example, apart from its partition name, runs on the test cluster, and
+    the task gets every CPU of the (GPU-less) node to decode with."""
+    example = readme_slurm_example()
+    assert "launcher.partition=gpu" in example, example
+    args = ["launcher.partition=debug" if a == "launcher.partition=gpu" else a for a in example]
+    videos = tmp_path / "videos"
+    make_videos(videos, 2, 1.5)
+    store = tmp_path / "out.zarr"
+    r = run_cli(
+        "job=extract",
+        f"videos={videos}",
+        f"store={store}",
+        f"encoder.pretrained={tiny_siglip}",
+        *args,
+        hydra_dir=tmp_path / "h",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 done, 0 skipped (already complete), 0 failed" in r.stdout, r.stdout
+    cpus = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-o", "AllocCPUS", "-j", task_job_id(store)],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert cpus and cpus[0] == str(os.cpu_count()), cpus

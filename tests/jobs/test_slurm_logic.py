@@ -60,7 +60,33 @@ def test_preflight_names_the_key_and_what_the_partition_offers(
     cluster.preflight(part, **fits, key="launcher")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=says):
         cluster.preflight(part, **{**fits, **request_}, key="launcher")  # type: ignore[arg-type]
-    assert cluster.derived(part, None, None, None) == (2, 16.0, 10)
+    assert cluster.derived(part, None, None, None) == cluster.Request(2, 16.0, 0, 10)
+
+
+def test_a_gpu_task_gets_its_share_of_the_node() -> None:
+    """Nulls derived on a GPU partition: one GPU, and that GPU's share of the node's cores (to
+    decode for it) and memory; on a CPU partition (or gpus_per_task=0): up to 4 CPUs, 16 GB."""
+    node = cluster.Partition("gpu", cpus=104, mem_gb=2000.0, gpus=8, max_time_min=float("inf"))
+    assert cluster.derived(node, None, None, None) == cluster.Request(13, 250.0, 1, 240)
+    assert cluster.derived(node, None, None, None, 2) == cluster.Request(26, 500.0, 2, 240)
+    assert cluster.derived(node, None, None, None, 0) == cluster.Request(4, 16.0, 0, 240)
+    assert cluster.derived(node, 8, 64.0, 30, 1) == cluster.Request(8, 64.0, 1, 30)
+    cpu = cluster.Partition("cpu", cpus=2, mem_gb=21.0, gpus=0, max_time_min=10)
+    assert cluster.derived(cpu, None, None, None) == cluster.Request(2, 16.0, 0, 10)
+    # Training ranks share one node: 4 one-GPU ranks get 4 GPUs' share of the node's memory.
+    assert cluster.derived(node, None, None, None, tasks=4) == cluster.Request(13, 1000.0, 1, 240)
+    assert cluster.derived(cpu, None, None, None, tasks=2) == cluster.Request(1, 16.0, 0, 10)
+
+
+def test_preflight_counts_every_rank_on_the_node() -> None:
+    node = cluster.Partition("gpu", cpus=16, mem_gb=100.0, gpus=2, max_time_min=60)
+    cluster.preflight(node, cpus=8, mem_gb=50, gpus=1, timeout_min=30, key="launcher", tasks=2)
+    with pytest.raises(ValueError, match=r"gpus_per_task=1 x 4 ranks: partition gpu has at most 2"):
+        cluster.preflight(node, cpus=2, mem_gb=50, gpus=1, timeout_min=30, key="launcher", tasks=4)
+    with pytest.raises(
+        ValueError, match=r"cpus_per_task=8 x 3 ranks: partition gpu has at most 16"
+    ):
+        cluster.preflight(node, cpus=8, mem_gb=50, gpus=0, timeout_min=30, key="launcher", tasks=3)
 
 
 def test_status_lists_only_the_current_layout_with_pending_reasons(
