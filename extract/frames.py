@@ -370,9 +370,11 @@ class _SeekMissed(Exception):
 
 
 def _rotate(frames: torch.Tensor, rotation: float | None) -> torch.Tensor:
-    """Turn coded frames upright as torchcodec does (rotation: degrees, counter-clockwise)."""
+    """Turn coded frames upright as torchcodec does (rotation: degrees, counter-clockwise).
+    The result may be a strided view (channels last, as decoded): the resize reads that layout
+    directly, and a copy to channels first cost a tenth of the decode time of a 720p file."""
     turns = round((rotation or 0) / 90) % 4
-    return torch.rot90(frames, turns, dims=(2, 3)).contiguous() if turns else frames.contiguous()
+    return torch.rot90(frames, turns, dims=(2, 3)) if turns else frames
 
 
 def _check_readable(path: Path) -> None:
