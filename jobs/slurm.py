@@ -272,9 +272,12 @@ class Watch:
         jobs: dict[int, Any],
         ids: list[int],
         what: str = "array",
+        key: str = "launcher",
+        unit: str = "shard",
     ):
         self.launcher, self.array_id, self.jobs, self.ids = launcher, array_id, jobs, ids
-        self.what = what  # "array" (shards: frames/s from the store) or "job" (training ranks)
+        # "array" (shards: frames/s from the store), "job" (training ranks) or "sweep array"
+        self.what, self.key, self.unit = what, key, unit
         self.started = time.time()
 
     def wait(self) -> list[Any]:
@@ -356,7 +359,7 @@ class Watch:
                 keys = cluster.NEVER_CLEARS[reason]
                 raise ValueError(
                     f"{self.what} {self.array_id} can never start ({reason}); change "
-                    f"launcher.{keys}. The {self.what} was cancelled."
+                    f"{self.key}.{keys}. The {self.what} was cancelled."
                 )
 
     def collect(self, states: dict[int, dict[str, Any]]) -> list[Any]:
@@ -374,7 +377,8 @@ class Watch:
                 continue
             results.append(None)
             print(
-                f"slurm: shard {shard} (job {job.job_id}) {state}; end of {job.paths.stderr}:",
+                f"slurm: {self.unit} {shard} (job {job.job_id}) {state}; "
+                f"end of {job.paths.stderr}:",
                 file=sys.stderr,
             )
             for ln in tail(job.paths.stderr, self.LOG_LINES):

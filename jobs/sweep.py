@@ -2,14 +2,17 @@
 
 Before submitting, each point's job config is validated (a bad value is refused at once, not
 inside a SLURM job after a queue wait) and the request is checked against the partition (nulls
-derived from it, as for ``launcher=slurm``). After the sweep, every point's outcome is printed,
+derived from it, as for ``launcher=slurm``); the driver then waits as ``launcher=slurm``'s does
+(``watched``). After the sweep, every point's outcome is printed,
 the failed ones with their error, and the run exits 1 if any failed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import hydra
@@ -36,7 +39,8 @@ class CheckedSlurmSweepLauncher(SlurmLauncher):
                 print(f"sweep: #{initial_job_idx + i} {point}: invalid: {err}", file=sys.stderr)
             print(f"error: {len(bad)} sweep point(s) invalid; nothing submitted", file=sys.stderr)
             raise SystemExit(2)
-        returns = super().launch(job_overrides, initial_job_idx)
+        with watched(str(self.params["submitit_folder"])):
+            returns = super().launch(job_overrides, initial_job_idx)
         report(returns, job_overrides, initial_job_idx)
         return returns
 
@@ -45,7 +49,9 @@ class CheckedSlurmSweepLauncher(SlurmLauncher):
         from it as ``launcher=slurm`` does."""
         p = self.params
         part = cluster.partition(p.get("partition"), key="hydra.launcher")
-        asked = p.get("gpus_per_task", p.get("gpus_per_node"))
+        asked = p.get("gpus_per_task")
+        if asked is None:
+            asked = p.get("gpus_per_node")
         if asked is None and p.get("gres"):
             asked = cluster.gres_gpus(p.get("gres"))
         req = cluster.derived(
@@ -83,6 +89,70 @@ class CheckedSlurmSweepLauncher(SlurmLauncher):
         finally:
             hydra_cfg.cfg = before
         return None
+
+
+POLL_S = 2.0  # the sweep's driver checks the array this often (one squeue call)
+
+
+class _Ended:
+    """A sweep point whose task has ended: ``results()`` returns its outcome at once."""
+
+    def __init__(self, outcome: JobReturn) -> None:
+        self.outcome = outcome
+
+    def results(self) -> list[JobReturn]:
+        return [self.outcome]
+
+
+@contextlib.contextmanager
+def watched(folder: str) -> Iterator[None]:
+    """Make hydra-submitit-launcher's wait the one ``launcher=slurm`` has (``jobs.slurm.Watch``):
+    the sweep's array is polled as a whole, pending reasons and state changes are printed, a
+    reason that never clears cancels it, Ctrl-C detaches, and a task that ended without a result
+    (cancelled, timed out, killed) becomes a failed point instead of a wait and a traceback. The
+    launcher calls ``executor.map_array`` then ``job.results()``; the wait goes in between."""
+    import submitit
+
+    from jobs.slurm import Watch
+
+    original = submitit.AutoExecutor.map_array
+
+    def map_array(executor: Any, fn: Any, *iterables: Any) -> list[Any]:
+        jobs = original(executor, fn, *iterables)
+        if not jobs:
+            return jobs  # type: ignore[no-any-return]
+        array_id = str(jobs[0].job_id).split("_")[0]
+        print(f"sweep: submitted array {array_id} ({len(jobs)} point(s))", file=sys.stderr)
+        driver = SimpleNamespace(poll_s=POLL_S, store=None, folder=folder)
+        results = Watch(
+            driver,  # type: ignore[arg-type]
+            array_id,
+            dict(enumerate(jobs)),
+            list(range(len(jobs))),
+            what="sweep array",
+            key="hydra.launcher",
+            unit="point",
+        ).wait()
+        return [
+            _Ended(
+                result
+                if result is not None
+                else JobReturn(
+                    status=JobStatus.FAILED,
+                    _return_value=RuntimeError(
+                        f"its SLURM task {job.job_id} ended without a result (log: "
+                        f"{job.paths.stderr})"
+                    ),
+                )
+            )
+            for job, result in zip(jobs, results, strict=True)
+        ]
+
+    submitit.AutoExecutor.map_array = map_array  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        submitit.AutoExecutor.map_array = original  # type: ignore[method-assign]
 
 
 def report(returns: Sequence[JobReturn], overrides: Sequence[Sequence[str]], first: int) -> None:

@@ -397,9 +397,14 @@ def test_scancel_of_a_running_task_commits_its_frames(tmp_path: Path, tiny_sigli
 
 
 def test_time_limit_marks_no_good_video_failed(tmp_path: Path, tiny_siglip: Path) -> None:
-    store, args = long_run(tmp_path, tiny_siglip, seconds=150.0)  # minutes of work
+    # Minutes of work: every source frame is sampled (30 FPS), so short videos suffice.
+    store, args = long_run(tmp_path, tiny_siglip, seconds=10.0)
     r = run_cli(
-        *args, "launcher.timeout_min=1", "launcher.max_requeues=0", hydra_dir=tmp_path / "h"
+        *args,
+        "job.decode.fps=30",
+        "launcher.timeout_min=1",
+        "launcher.max_requeues=0",
+        hydra_dir=tmp_path / "h",
     )
     assert r.returncode == 1, r.stderr[-3000:]  # the shard did not finish
     # SLURM may send the time-limit signal up to a minute early, i.e. at once here: the task
@@ -439,6 +444,47 @@ def test_sweep_validates_points_first_and_reports_every_outcome(
     assert f"videos={videos}: ok" in r.stderr, r.stderr[-3000:]
     assert "nosuch: FAILED: FileNotFoundError" in r.stderr, r.stderr[-3000:]
     assert "sweep: 1 ok, 1 failed" in r.stderr
+    assert re.search(r"slurm: sweep array \d+: \d/2 done", r.stderr), r.stderr[-3000:]
+
+
+def test_a_cancelled_sweep_point_is_reported_and_the_others_finish(
+    tmp_path: Path, tiny_siglip: Path
+) -> None:
+    """The sweep's driver watches its array as launcher=slurm does: a point whose task is
+    cancelled is reported failed within a poll, and the other point's outcome is shown."""
+    short, long = tmp_path / "short", tmp_path / "long"
+    make_videos(short, 1, 1.0)
+    make_videos(long, N_LONG, 20.0)
+    cmd = [
+        sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=slurm",
+        "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=2", "job=extract", f"encoder.pretrained={tiny_siglip}",
+        f"videos={short},{long}", "store=${hydra:sweep.dir}/${hydra:job.num}.zarr",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", "job.progress=false",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    for line in proc.stderr:
+        lines.append(line)
+        if m := re.search(r"sweep: submitted array (\d+)", line):
+            array = m.group(1)
+            break
+    else:
+        raise AssertionError("".join(lines))
+    wait_for(lambda: slurm_state(f"{array}_1") == "RUNNING", 60, "the long point to run")
+    subprocess.run(["scancel", f"{array}_1"], check=True)
+    t0 = time.monotonic()
+    out = "".join(lines) + proc.stderr.read()  # to the end: the driver has exited
+    assert proc.wait(timeout=30) == 1, out[-3000:]
+    assert time.monotonic() - t0 < 60, "the driver did not notice the cancel within a minute"
+    points = {ln.split()[1]: ln for ln in out.splitlines() if ln.startswith("sweep: #")}
+    assert f"videos={short} " in points["#0"] and points["#0"].endswith(": ok"), out[-3000:]
+    assert f"videos={long} " in points["#1"], out[-3000:]
+    assert f"FAILED: RuntimeError: its SLURM task {array}_1 ended" in points["#1"], out[-3000:]
+    assert "sweep: 1 ok, 1 failed" in out and "Traceback" not in out, out[-3000:]
+    assert f"point 1 (job {array}_1) CANCELLED" in out, out[-3000:]  # with the end of its log
 
 
 def test_ctrl_c_detaches_and_the_array_runs_on(
@@ -477,7 +523,7 @@ def test_the_readme_cluster_example_runs_as_written(tmp_path: Path, tiny_siglip:
     assert "launcher.partition=gpu" in example, example
     args = ["launcher.partition=debug" if a == "launcher.partition=gpu" else a for a in example]
     videos = tmp_path / "videos"
-    make_videos(videos, 2, 1.5)
+    make_videos(videos, 1, 1.5)
     store = tmp_path / "out.zarr"
     r = run_cli(
         "job=extract",
@@ -488,7 +534,7 @@ def test_the_readme_cluster_example_runs_as_written(tmp_path: Path, tiny_siglip:
         hydra_dir=tmp_path / "h",
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "2 done, 0 skipped (already complete), 0 failed" in r.stdout, r.stdout
+    assert "1 done, 0 skipped (already complete), 0 failed" in r.stdout, r.stdout
     cpus = subprocess.run(
         ["sacct", "-X", "-n", "-P", "-o", "AllocCPUS", "-j", task_job_id(store)],
         capture_output=True,
