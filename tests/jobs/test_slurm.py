@@ -300,8 +300,9 @@ def test_sbatch_rejection_is_one_line_with_exit_2(tmp_path: Path, tiny_siglip: P
 @pytest.fixture
 def busy_node() -> Iterator[str]:
     """A job holding every CPU of the node, so arrays submitted meanwhile pend (Resources)."""
+    hold = ["-p", "debug", "-c", "2", "--mem=100M", "--output=/dev/null", "--wrap", "sleep 600"]
     out = subprocess.run(
-        ["sbatch", "--parsable", "-p", "debug", "-c", "2", "--mem=100M", "--wrap", "sleep 600"],
+        ["sbatch", "--parsable", *hold],
         capture_output=True,
         text=True,
         check=True,
