@@ -42,11 +42,6 @@ class Inputs:
     rejected: dict[str, str] = field(default_factory=dict)
 
 
-def resolve_videos(videos: str, root: str | None = None) -> list[VideoTask]:
-    """The videos :func:`resolve_inputs` finds (rejected files are only logged)."""
-    return resolve_inputs(videos, root).tasks
-
-
 def resolve_inputs(videos: str, root: str | None = None) -> Inputs:
     """Expand ``videos`` (a directory, a text file of paths, or a glob) into sorted inputs.
 

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 # This module is imported only when launcher=slurm is chosen, so the import is lazy already.
 import submitit
@@ -120,19 +120,13 @@ class SlurmLauncher:
         """What each task asks for, checked against the partition (ValueError if no node of it
         can ever run it; nulls derived from it). GPUs asked for through ``gres`` count too.
         ``tasks``: tasks sharing one node (the ranks of ``run_ranks``)."""
-        part = cluster.partition(self.partition)
-        gpus = self.gpus_per_task
-        if gpus is None and self.gres is not None:
-            gpus = cluster.gres_gpus(self.gres)
-        req = cluster.derived(
-            part, self.cpus_per_task, self.mem_gb, self.timeout_min, gpus, tasks=tasks
-        )
-        cluster.preflight(
-            part,
-            cpus=req.cpus,
-            mem_gb=req.mem_gb,
-            gpus=req.gpus,
-            timeout_min=req.timeout_min,
+        req = cluster.fit(
+            self.partition,
+            cpus=self.cpus_per_task,
+            mem_gb=self.mem_gb,
+            timeout_min=self.timeout_min,
+            gpus=self.gpus_per_task,
+            gres=self.gres,
             key="launcher",
             tasks=tasks,
         )
@@ -257,6 +251,15 @@ class SlurmLauncher:
         return result  # type: ignore[no-any-return]
 
 
+class Driver(Protocol):
+    """What a :class:`Watch` needs of whoever submitted: how often to poll, the store to read
+    frames/s from (if any) and where the logs are."""
+
+    poll_s: float
+    store: str | None
+    folder: str
+
+
 class Watch:
     """The driver's wait on an array: one squeue (and sacct) call per ``poll_s`` for the whole
     array; prints state changes with pending reasons, done/total and frames/s; fails fast on a
@@ -267,7 +270,7 @@ class Watch:
 
     def __init__(
         self,
-        launcher: SlurmLauncher,
+        launcher: Driver,
         array_id: str,
         jobs: dict[int, Any],
         ids: list[int],

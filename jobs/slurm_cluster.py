@@ -184,6 +184,36 @@ def derived(
     )
 
 
+def fit(
+    name: str | None,
+    *,
+    cpus: int | None,
+    mem_gb: float | None,
+    timeout_min: int | None,
+    gpus: int | None,
+    gres: str | None,
+    key: str,
+    tasks: int = 1,
+) -> Request:
+    """The request for partition ``name``: nulls derived from it (GPUs asked for through
+    ``gres`` count when ``gpus`` is null), then checked (``preflight``) so that a request no node
+    can ever run is refused naming ``key.*``."""
+    part = partition(name, key=key)
+    if gpus is None and gres:
+        gpus = gres_gpus(gres)
+    req = derived(part, cpus, mem_gb, timeout_min, gpus, tasks=tasks)
+    preflight(
+        part,
+        cpus=req.cpus,
+        mem_gb=req.mem_gb,
+        gpus=req.gpus,
+        timeout_min=req.timeout_min,
+        key=key,
+        tasks=tasks,
+    )
+    return req
+
+
 def expand(job_id: str) -> list[str]:
     """``32_[0-2,5%2]`` -> ``32_0 32_1 32_2 32_5`` (sacct lists a pending array as one row)."""
     m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator, Sequence
-from types import SimpleNamespace
+from dataclasses import dataclass
 from typing import Any
 
 import hydra
@@ -48,21 +48,14 @@ class CheckedSlurmSweepLauncher(SlurmLauncher):
         """Refuse a request the partition can never run; derive null GPUs, CPUs and memory
         from it as ``launcher=slurm`` does."""
         p = self.params
-        part = cluster.partition(p.get("partition"), key="hydra.launcher")
-        asked = p.get("gpus_per_task")
-        if asked is None:
-            asked = p.get("gpus_per_node")
-        if asked is None and p.get("gres"):
-            asked = cluster.gres_gpus(p.get("gres"))
-        req = cluster.derived(
-            part, p.get("cpus_per_task"), p.get("mem_gb"), p.get("timeout_min"), asked
-        )
-        cluster.preflight(
-            part,
-            cpus=req.cpus,
-            mem_gb=req.mem_gb,
-            gpus=req.gpus,
-            timeout_min=req.timeout_min,
+        gpus = p.get("gpus_per_task")
+        req = cluster.fit(
+            p.get("partition"),
+            cpus=p.get("cpus_per_task"),
+            mem_gb=p.get("mem_gb"),
+            timeout_min=p.get("timeout_min"),
+            gpus=gpus if gpus is not None else p.get("gpus_per_node"),
+            gres=p.get("gres"),
             key="hydra.launcher",
         )
         p.update(cpus_per_task=req.cpus, mem_gb=int(req.mem_gb), timeout_min=req.timeout_min)
@@ -94,6 +87,15 @@ class CheckedSlurmSweepLauncher(SlurmLauncher):
 POLL_S = 2.0  # the sweep's driver checks the array this often (one squeue call)
 
 
+@dataclass
+class _Driver:
+    """The sweep's side of ``jobs.slurm.Watch`` (no store: a sweep point has its own)."""
+
+    folder: str
+    poll_s: float = POLL_S
+    store: str | None = None
+
+
 class _Ended:
     """A sweep point whose task has ended: ``results()`` returns its outcome at once."""
 
@@ -123,9 +125,8 @@ def watched(folder: str) -> Iterator[None]:
             return jobs  # type: ignore[no-any-return]
         array_id = str(jobs[0].job_id).split("_")[0]
         print(f"sweep: submitted array {array_id} ({len(jobs)} point(s))", file=sys.stderr)
-        driver = SimpleNamespace(poll_s=POLL_S, store=None, folder=folder)
         results = Watch(
-            driver,  # type: ignore[arg-type]
+            _Driver(folder),
             array_id,
             dict(enumerate(jobs)),
             list(range(len(jobs))),

@@ -21,3 +21,13 @@ def run_cli(
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env, **kwargs
     )  # type: ignore[call-overload]
+
+
+def make_videos(d: Path, n: int, seconds: float) -> Path:
+    """``n`` small test videos ``d/v0.mp4`` ... (64x48, 30 fps); returns ``d``."""
+    from extract.samples import make_video
+
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        make_video(d / f"v{i}.mp4", seconds=seconds, width=64, height=48)
+    return d

@@ -16,7 +16,7 @@ from cache import load_index, open_store
 from extract.frames import sample_times
 from extract.samples import make_bad_inputs, make_video
 from extract.tiny import TINY_CLIP
-from tests.jobs.cli import ROOT, run_cli
+from tests.jobs.cli import ROOT, make_videos, run_cli
 
 
 def good_videos(d: Path) -> dict[str, object]:
@@ -142,10 +142,7 @@ def test_clip_encoder_and_two_workers_match_one(
 
 
 def test_kill_9_then_rerun_does_only_what_is_missing(tmp_path: Path, tiny_siglip: Path) -> None:
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for i in range(8):
-        make_video(videos / f"v{i}.mp4", seconds=4.0, width=64, height=48)
+    videos = make_videos(tmp_path / "videos", 8, 4.0)
     store = tmp_path / "out.zarr"
     args = [
         "job=extract",
@@ -272,10 +269,7 @@ def fill(disk: Path) -> Path:
 def test_a_full_disk_gives_one_line_and_the_summary(
     tmp_path: Path, tiny_siglip: Path, small_disk: Path
 ) -> None:
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for i in range(3):
-        make_video(videos / f"v{i}.mp4", seconds=2.0, width=96, height=64)
+    videos = make_videos(tmp_path / "videos", 3, 2.0)
     store = small_disk / "out.zarr"
     args = [
         "job=extract",

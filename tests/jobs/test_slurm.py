@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 from cache import load_index, open_store, read_journal, read_launches
-from extract.samples import make_video
-from tests.jobs.cli import ROOT, run_cli
+from tests.jobs.cli import ROOT, make_videos, run_cli
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
 
@@ -29,12 +28,6 @@ SLURM = [
     "launcher.cpus_per_task=1",
     "launcher.mem_gb=2",
 ]
-
-
-def make_videos(d: Path, n: int, seconds: float) -> None:
-    d.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        make_video(d / f"v{i}.mp4", seconds=seconds, width=64, height=48)
 
 
 def wait_for(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

@@ -206,12 +206,9 @@ def test_settings_are_checked_before_skipping_a_done_store(
 ) -> None:
     """A rerun of a finished store with other settings is one error naming the setting."""
     from extract.samples import make_video
-    from tests.jobs.cli import run_cli
+    from tests.jobs.cli import make_videos, run_cli
 
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for i in range(2):
-        make_video(videos / f"v{i}.mp4", seconds=1.0, width=64, height=48)
+    videos = make_videos(tmp_path / "videos", 2, 1.0)
     store = tmp_path / "out.zarr"
     args = ["job=extract", f"videos={videos}", f"store={store}",
             f"encoder.pretrained={tiny_siglip}", "job.progress=false"]  # fmt: skip
