@@ -392,13 +392,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def fingerprint(path: str | Path) -> dict[str, Any]:
+def fingerprint(path: str | Path, *, content: bool = True) -> dict[str, Any]:
     """What identifies a source file's content cheaply: size, mtime and a crc32c of its first
-    and last 64 KiB (catches a same-size replacement that kept the mtime)."""
+    and last 64 KiB (catches a same-size replacement that kept the mtime). ``content=False``:
+    size and mtime only (a stat, no read)."""
     import google_crc32c
 
     path = Path(path)
     st = path.stat()
+    if not content:
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     with open(path, "rb") as f:
         head = f.read(1 << 16)
         f.seek(max(0, st.st_size - (1 << 16)))

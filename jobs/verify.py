@@ -64,11 +64,7 @@ def source_changed(record: dict[str, Any], *, content: bool = True) -> str | Non
     old, path = record.get("source"), record.get("source_path")
     if not old or not path or not Path(path).is_file():
         return None
-    if content:
-        new = fingerprint(path)
-    else:
-        st = Path(path).stat()
-        new = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    new = fingerprint(path, content=content)
     diff = [k for k in new if k in old and old[k] != new[k]]
     return f"source changed since extraction ({', '.join(diff)})" if diff else None
 
