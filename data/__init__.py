@@ -5,11 +5,14 @@ Imports ``cache`` and nothing else of ours (never ``models`` or ``jobs``).
 """
 
 from data.align import frames_for_window, turn_frame_index
+from data.benchmarks import BenchmarkDataset, BenchmarkSample, BenchmarkSet
 from data.chat import read_chat
 from data.coin import read_coin
 from data.dataset import (
     DataConfig,
     StreamDataset,
+    build_dataset,
+    read_benchmarks,
     read_samples,
     store_fps,
     to_conversation,
@@ -32,6 +35,9 @@ __all__ = [
     "LIVE_SYSTEM_PROMPT",
     "AnnotationError",
     "AssistantTurn",
+    "BenchmarkDataset",
+    "BenchmarkSample",
+    "BenchmarkSet",
     "Conversation",
     "DataConfig",
     "StreamDataset",
@@ -40,10 +46,12 @@ __all__ = [
     "TimedTurn",
     "Turn",
     "UserTurn",
+    "build_dataset",
     "clean_narration",
     "conversation_from_messages",
     "ego4d_split_uids",
     "frames_for_window",
+    "read_benchmarks",
     "read_chat",
     "read_coin",
     "read_ego4d_narrations",

@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cache import open_store, read_journal
+from cache import Store, open_store, read_journal
 from data import DataConfig, StreamDataset, read_samples, store_fps
 from jobs.launchers import Launcher
 from jobs.report import read_results
+from jobs.run_identity import claim_output, eval_identity
 
 METRICS = ("lm_ppl", "time_diff", "fluency", "lm_correctness", "lm_accuracy")
 
@@ -40,10 +41,22 @@ class EvalSpec:
     threshold: float = 0.0  # θ on P(","); 0 = plain argmax, as the released evaluation
     max_samples: int | None = None
     report: bool = True  # write report.html after the merge
+    # Evaluation by generation (data=coin_benchmarks, data=ego4d_lta):
+    batch_size: int = 8  # questions generated at once (left-padded, one KV cache)
+    max_new_tokens: int = 512  # the reference's evaluators
+    num_beams: int | None = None  # None: greedy for COIN, 5 beams (5 returned) for LTA
 
     def __post_init__(self) -> None:
         if not self.adapter:
             raise ValueError("job=eval needs a trained checkpoint: set job.adapter=<dir>")
+        if self.batch_size < 1:
+            raise ValueError(f"job.batch_size must be >= 1, got {self.batch_size}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"job.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_beams is not None and self.num_beams < 1:
+            raise ValueError(f"job.num_beams must be >= 1 (or null), got {self.num_beams}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"job.max_samples must be >= 1 (or null), got {self.max_samples}")
 
 
 def _load(spec: EvalSpec) -> tuple[Any, Any, StreamDataset]:
@@ -106,13 +119,21 @@ def eval_shard(spec: EvalSpec, shard: int, shard_count: int) -> int:
     return new
 
 
-def merge(output_dir: str | Path, *, fps: float | None = None) -> dict[str, Any]:
+def merge(
+    output_dir: str | Path,
+    *,
+    fps: float | None = None,
+    counts: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Read every shard's results and write ``summary.json``: per metric the mean, count and a
     95% normal confidence interval of the mean (1.96 standard errors); ``fps``, the frame rate
-    the samples were evaluated at, is recorded for ``job=report``."""
+    the samples were evaluated at, is recorded for ``job=report``; ``counts``: how many samples
+    the annotations built and how many were skipped or adjusted, by reason (:func:`counts`)."""
     out = Path(output_dir)
     records = read_results(out)
     summary: dict[str, Any] = {"samples": len(records)}
+    if counts is not None:
+        summary["counts"] = {**counts, "evaluated": len(records)}
     if fps is not None:
         summary["fps"] = fps
     for m in METRICS:
@@ -132,6 +153,16 @@ def merge(output_dir: str | Path, *, fps: float | None = None) -> dict[str, Any]
     return summary
 
 
+def counts(ds: StreamDataset) -> dict[str, Any]:
+    """How many samples the annotations built, and the skips and adjustments by reason."""
+    return {
+        "built": ds.built,
+        "usable": len(ds.samples),
+        "skipped": dict(sorted(ds.skipped.items())),
+        "adjusted": dict(sorted(ds.adjusted.items())),
+    }
+
+
 class EvalJob:
     """``python run.py job=eval store=... data=... job.adapter=CKPT job.threshold=0.0``
 
@@ -146,22 +177,64 @@ class EvalJob:
 
     def run(self) -> int:
         spec = self.spec
-        Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
+        store = open_store(spec.store)
+        # Results in the folder must come from this very evaluation (checked before any work).
+        claim_output(spec.output_dir, eval_identity(spec, store))
+        if spec.data.is_benchmark:
+            return self._run_benchmark(store)
+        fps = store_fps(store)  # the rate the samples were aligned at
+        samples = read_samples(spec.data, fps=fps)[: spec.max_samples]
+        built = counts(StreamDataset(store, samples, encode=lambda conv: conv))
+        for reason, n in sorted({**built["skipped"], **built["adjusted"]}.items()):
+            print(f"eval: {n} x {reason}", file=sys.stderr)
         shards = self.launcher.shard_count
         print(f"eval: {shards} shard(s) -> {spec.output_dir}", file=sys.stderr)
         if self.launcher.run(functools.partial(eval_shard, spec), shards) is None:
             print("eval: submitted; merge later with python run.py job=eval ... (same command)")
             return 0
-        fps = store_fps(spec.store)  # the rate the samples were aligned at
-        summary = merge(spec.output_dir, fps=fps)
+        summary = merge(spec.output_dir, fps=fps, counts=built)
         line = ", ".join(
             f"{m} {summary[m]['mean']:.4g}" for m in METRICS if summary[m]["mean"] is not None
         )
-        print(f"eval: {summary['samples']} samples: {line}")
+        skipped = sum(built["skipped"].values())
+        print(f"eval: {summary['samples']}/{built['built']} samples ({skipped} skipped): {line}")
         if spec.report:
             from jobs.report import write_report
 
             page = write_report(spec.output_dir, fps=fps)
             print(f"eval: report {page}")
         print(f"eval: summary {Path(spec.output_dir).absolute() / 'summary.json'}")
+        return 0
+
+    def _run_benchmark(self, store: Store) -> int:
+        from jobs.benchmark_eval import benchmark_shard, build, merge_benchmarks, summary_line
+
+        spec = self.spec
+        found = build(spec, store)  # checked here, before any shard starts
+        for reason, n in sorted({**found.skipped, **found.adjusted}.items()):
+            print(f"eval: {n} x {reason}", file=sys.stderr)
+        if not found.samples:
+            raise ValueError(
+                f"no {spec.data.format} question from {spec.data.annotations} has its video done"
+                f" in {spec.store}: nothing to evaluate"
+            )
+        shards = self.launcher.shard_count
+        print(
+            f"eval: {len(found.samples)} questions, {shards} shard(s) -> {spec.output_dir}",
+            file=sys.stderr,
+        )
+        if self.launcher.run(functools.partial(benchmark_shard, spec), shards) is None:
+            print("eval: submitted; merge later with python run.py job=eval ... (same command)")
+            return 0
+        summary = merge_benchmarks(spec, found)
+        print(f"eval: {summary_line(summary)}")
+        if spec.report:
+            from jobs.benchmark_report import write_benchmark_report
+
+            print(f"eval: report {write_benchmark_report(spec.output_dir)}")
+        print(f"eval: summary {Path(spec.output_dir).absolute() / 'summary.json'}")
+        missing = summary["samples"]["not evaluated"]
+        if missing:
+            print(f"eval: {missing} questions have no result (a shard failed?): rerun to finish")
+            return 1
         return 0

@@ -114,7 +114,7 @@ def _page(
         f"<tr><td>{m}</td><td>{_fmt(v['mean'])}</td><td>{v['n']}</td>"
         f"<td>{_fmt_ci(v['ci95'])}</td></tr>"
         for m, v in summary.items()
-        if isinstance(v, dict)
+        if isinstance(v, dict) and "mean" in v
     )
     sample_rows = "".join(
         f"<tr><td>{html.escape(r['sample_id'])}</td><td>{html.escape(r['video_id'])}</td>"
@@ -133,7 +133,8 @@ def _page(
 td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:right}}figure{{margin:.5em 0}}</style>
 </head><body>
 <h1>Streaming evaluation</h1>
-<p>{summary["samples"]} samples from <code>{html.escape(str(out.absolute()))}</code>.
+<p>{summary["samples"]} samples{_counts(summary)} from
+<code>{html.escape(str(out.absolute()))}</code>.
 TimeDiff in seconds at {fps:g} FPS; intervals are 95% normal CIs of the mean.</p>
 <h2>Metrics</h2>
 <table id="metrics"><tr><th>metric</th><th>mean</th><th>n</th><th>95% CI</th></tr>{rows}</table>
@@ -144,6 +145,17 @@ TimeDiff in seconds at {fps:g} FPS; intervals are 95% normal CIs of the mean.</p
 {sample_rows}</table>
 </body></html>
 """
+
+
+def _counts(summary: dict[str, Any]) -> str:
+    """What the annotations built and what was skipped or adjusted, and why."""
+    counts = summary.get("counts")
+    if not counts:
+        return ""
+    parts = [f"{counts['built']} built"]
+    parts += [f"{n} skipped: {r}" for r, n in counts["skipped"].items()]
+    parts += [f"{n} adjusted: {r}" for r, n in counts["adjusted"].items()]
+    return " (" + html.escape("; ".join(parts)) + ")"
 
 
 def _fmt(v: Any) -> str:
@@ -184,6 +196,12 @@ class ReportJob:
 
     def run(self) -> int:
         spec = self.spec
+        summary = Path(spec.output_dir) / "summary.json"
+        if summary.exists() and json.loads(summary.read_text()).get("kind") == "benchmark":
+            from jobs.benchmark_report import write_benchmark_report
+
+            print(f"report: {write_benchmark_report(spec.output_dir)}")
+            return 0
         fps = spec.fps if spec.fps is not None else recorded_fps(spec.output_dir)
         print(f"report: {write_report(spec.output_dir, fps=fps)}")
         return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,83 @@ def test_report_renders_in_headless_chromium(
     artifacts = Path(__file__).resolve().parents[2] / ".test-artifacts"
     artifacts.mkdir(exist_ok=True)
     shutil.copy(shot, artifacts / "eval-report.png")  # the screenshot, kept for people to look at
+
+
+def test_an_output_folder_of_another_evaluation_is_refused(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Results belong to what produced them: another checkpoint, threshold or data into the
+    same folder stops before any work, naming what differs; the same run resumes."""
+    store, ann, adapter = trained
+    out = tmp_path / "run"
+    assert eval_job(store, ann, adapter, out, LocalLauncher()).run() == 0
+    lines = (out / "results" / "shard-00000.jsonl").read_text()
+    # The same evaluation again: nothing recomputed, nothing refused.
+    assert eval_job(store, ann, adapter, out, LocalLauncher()).run() == 0
+    assert (out / "results" / "shard-00000.jsonl").read_text() == lines
+    earlier = adapter.parents[1] / "step-0000002" / "adapter"
+    with pytest.raises(ValueError, match=r"checkpoint\.sha256"):
+        eval_job(store, ann, earlier, out, LocalLauncher()).run()
+    job = eval_job(store, ann, adapter, out, LocalLauncher())
+    job.spec = replace(job.spec, threshold=0.5)
+    with pytest.raises(ValueError, match=r"threshold: 0\.0 there, 0\.5 now"):
+        job.run()
+    # A copy of the same checkpoint elsewhere is the same checkpoint.
+    copy = tmp_path / "copied-adapter"
+    shutil.copytree(adapter, copy)
+    assert eval_job(store, ann, copy, out, LocalLauncher()).run() == 0
+    assert (out / "results" / "shard-00000.jsonl").read_text() == lines
+    # Through the CLI: one error line, exit 2, and the folder's lines untouched.
+    r = run_cli(
+        "job=eval", f"store={store}", "data=chat", f"data.annotations={ann}",
+        f"job.adapter={earlier}", f"job.output_dir={out}", hydra_dir=tmp_path / "h",
+    )  # fmt: skip
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]
+    assert "holds results of another evaluation" in errors[0] and "job.output_dir" in errors[0]
+    assert "Traceback" not in r.stderr
+    assert (out / "results" / "shard-00000.jsonl").read_text() == lines
+    # A folder with results but no record of their run is refused too.
+    (out / "run.json").unlink()
+    with pytest.raises(ValueError, match="no record of what produced them"):
+        eval_job(store, ann, adapter, out, LocalLauncher()).run()
+
+
+def test_samples_outside_their_video_are_skipped_and_counted(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """A window past the video's end is never scored on zero frames, a reply past the end is
+    dropped (not moved onto the last frame), and both are counted in the summary."""
+    store, _, adapter = trained
+    ask = {"role": "user", "content": "What is happening?", "time": 0.0}
+
+    def reply(text: str, t: float) -> dict:
+        return {"role": "assistant", "content": text, "time": t}
+
+    chat = [
+        {"video_uid": "a", "conversation": [ask, reply("One.", 2.2)]},
+        {"video_uid": "b", "start": 20.0, "end": 22.0,
+         "conversation": [{**ask, "time": 20.0}, reply("Late.", 22.0)]},
+        {"video_uid": "c", "conversation": [ask, reply("Two.", 3.0), reply("Past it.", 30.0)]},
+        {"video_uid": "gone", "conversation": [ask, reply("X.", 1.0)]},
+    ]  # fmt: skip
+    ann = tmp_path / "chat.json"
+    ann.write_text(json.dumps(chat))
+    out = tmp_path / "run"
+    assert eval_job(store, ann, adapter, out, LocalLauncher()).run() == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples"] == 2
+    counts = summary["counts"]
+    assert counts["built"] == 4 and counts["usable"] == 2 and counts["evaluated"] == 2
+    assert counts["skipped"] == {
+        "video not in the store": 1,
+        "window outside the video's stored frames": 1,
+    }
+    assert counts["adjusted"] == {"turns after the video's last stored frame dropped": 1}
+    records = [
+        json.loads(x) for x in (out / "results" / "shard-00000.jsonl").read_text().splitlines()
+    ]
+    assert sorted(r["video_id"] for r in records) == ["a", "c"]
+    c = next(r for r in records if r["video_id"] == "c")
+    assert len(c["turns"]) == 1  # only the reply at 3.0 s is scored
+    assert all(t["num_frames"] > 0 for r in records for t in r["turns"])
