@@ -130,7 +130,8 @@ class BenchmarkDataset(torch.utils.data.Dataset):
     ``encode`` turns a :class:`Conversation` into token ids, labels and weights
     (``models.prompt.encode_conversation`` with the tokenizer). Items have the keys of
     ``data.StreamDataset``'s: ``sample_id``, ``input_ids``, ``labels``, ``weights``, ``frames``
-    (float32, (F, tokens, D)), ``encoded``. ``with_answer=False`` encodes the prompt only."""
+    (float32, (F, tokens, D)), ``encoded``. ``with_answer=False`` encodes the prompt only
+    (``encode`` is then ``models.prompt.encode_prompt``: labels and weights are None)."""
 
     def __init__(
         self,
@@ -170,8 +171,8 @@ class BenchmarkDataset(torch.utils.data.Dataset):
         return {
             "sample_id": s.sample_id,
             "input_ids": enc.input_ids,
-            "labels": enc.labels,
-            "weights": enc.weights,
+            "labels": getattr(enc, "labels", None),  # None for a prompt (with_answer=False)
+            "weights": getattr(enc, "weights", None),
             "frames": self.frames(s),
             "encoded": enc,
         }

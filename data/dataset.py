@@ -132,7 +132,7 @@ def read_benchmarks(cfg: DataConfig, store: Store) -> BenchmarkSet:
         raise ValueError(f"data.split={cfg.split!r}: coin_benchmarks has splits train and test")
     return read_coin_benchmarks(
         path,
-        split=split,
+        split="train" if split == "train" else "test",
         tasks=cfg.tasks,
         protocol=cfg.protocol,
         fps=fps,

@@ -65,7 +65,6 @@ def build(spec: EvalSpec, store: Store) -> BenchmarkSet:
 def _load(spec: EvalSpec) -> tuple[Any, Any, BenchmarkSet, BenchmarkDataset]:
     from extract.encoders import hub_access
     from models.live import check_features, load_checkpoint
-    from models.prompt import encode_prompt
 
     assert spec.adapter  # checked by EvalSpec
     store = open_store(spec.store)
@@ -74,10 +73,23 @@ def _load(spec: EvalSpec) -> tuple[Any, Any, BenchmarkSet, BenchmarkDataset]:
         model, tokenizer = load_checkpoint(spec.adapter, llm=spec.llm, frame_tokens=per_frame)
     check_features(model, per_frame, dim, f"store {spec.store}")
     found = build(spec, store)
-    encode = functools.partial(
-        encode_prompt, tokenizer, frame_tokens=model.frame_tokens, v_token=model.cfg.v_token
-    )
-    return model, tokenizer, found, BenchmarkDataset(store, found.samples, encode)
+    ds = prompt_dataset(store, found.samples, tokenizer, model.frame_tokens, model.cfg.v_token)
+    return model, tokenizer, found, ds
+
+
+def prompt_dataset(
+    store: Store,
+    samples: Sequence[BenchmarkSample],
+    tokenizer: Any,
+    frame_tokens: int,
+    v_token: str,
+) -> BenchmarkDataset:
+    """The questions as generation prompts: question, frames, then ``\nAssistant:`` (never the
+    answer)."""
+    from models.prompt import encode_prompt
+
+    encode = functools.partial(encode_prompt, tokenizer, frame_tokens=frame_tokens, v_token=v_token)
+    return BenchmarkDataset(store, samples, encode, with_answer=False)
 
 
 def benchmark_shard(spec: EvalSpec, shard: int, shard_count: int) -> int:

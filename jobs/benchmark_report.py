@@ -123,13 +123,16 @@ def write_benchmark_report(output_dir: str | Path) -> Path:
     out = Path(output_dir)
     summary = json.loads((out / "summary.json").read_text())
     records = list(read_results(out).values())
-    head = (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{{title}}</title><style>{_STYLE}</style></head><body>"
-    )
+
+    def head(title: str) -> str:
+        return (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f"<title>{title}</title><style>{_STYLE}</style></head><body>"
+        )
+
     split = summary.get("split")
     page = (
-        head.format(title="streamfeat benchmark report")
+        head("streamfeat benchmark report")
         + f"<h1>{_e(summary['data'])} ({_e(split)})</h1>"
         + "<p>Top-1 accuracy in % (COIN; 95% Wilson intervals, the procedure tasks counted per"
         " step) and edit distance over the next 20 actions (Ego4D LTA, lower is better; 95%"
@@ -141,7 +144,7 @@ def write_benchmark_report(output_dir: str | Path) -> Path:
         + "</body></html>\n"
     )
     preds = (
-        head.format(title="streamfeat predictions")
+        head("streamfeat predictions")
         + f"<h1>Predictions ({len(records)}), the worst first</h1>"
         + "<table><tr><th>task</th><th>video</th><th>frames</th><th>question</th>"
         + "<th>prediction</th><th>reference</th><th>error</th></tr>"

@@ -20,6 +20,9 @@ FRAME_INTERVAL = ","
 #: After the last frame of a stream turn; the "respond now" target.
 STREAM_END = "]"
 STREAM_START = "["
+#: Appended after the last turn when a reply is to be generated (the reference's
+#: ``add_generation_prompt``; the reply's leading space is the model's first token to produce).
+GENERATION_PROMPT = "\nAssistant:"
 
 
 @dataclass(frozen=True)
@@ -33,10 +36,18 @@ class RenderedConversation:
 
 
 def render_conversation(
-    conv: Conversation, *, bos: str, eos: str, v_token: str = "<v>", frame_tokens: int = 10
+    conv: Conversation,
+    *,
+    bos: str,
+    eos: str,
+    v_token: str = "<v>",
+    frame_tokens: int = 10,
+    generation_prompt: bool = False,
 ) -> RenderedConversation:
     """Render ``conv`` with the LIVE template (docs/data.md) and compute the reference's learn
-    ranges.
+    ranges. With ``generation_prompt`` the text ends with :data:`GENERATION_PROMPT`
+    (``"\\nAssistant:"``, no trailing space, as the reference's ``add_generation_prompt``): the
+    model's reply is generated from there.
 
     ``bos`` may be empty (tokenizers without one); ``eos`` must not be."""
     if not eos:
@@ -68,6 +79,8 @@ def render_conversation(
                 ranges.append((offset + 1, offset + len(piece)))
         parts.append(piece)
         offset += len(piece)
+    if generation_prompt:
+        parts.append(GENERATION_PROMPT)
     text = "".join(parts)
     # A range may reach one past the end (a learned stream that ends the conversation).
     ranges = [(a, min(b, len(text))) for a, b in ranges]
@@ -208,3 +221,54 @@ def encode_conversation(
             " unexpectedly"
         )
     return sample
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A tokenized generation prompt: ``input_ids`` (L,) of the conversation followed by
+    :data:`GENERATION_PROMPT`, and ``frame_positions``, every ``<v>`` in order (frame-major,
+    ``frame_tokens`` per frame), where ``num_frames`` frames of features go. No labels: what
+    follows is generated (``models.generate``)."""
+
+    text: str
+    input_ids: torch.Tensor
+    frame_positions: torch.Tensor
+    num_frames: int
+    frame_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.input_ids.dim() != 1:
+            raise ValueError(f"input_ids must be (L,), got {tuple(self.input_ids.shape)}")
+        if self.frame_positions.numel() != self.num_frames * self.frame_tokens:
+            raise ValueError(
+                f"{self.frame_positions.numel()} <v> positions for {self.num_frames} frames of"
+                f" {self.frame_tokens} tokens"
+            )
+
+
+def encode_prompt(
+    tokenizer: Any, conv: Conversation, *, v_token: str = "<v>", frame_tokens: int = 10
+) -> EncodedPrompt:
+    """Tokenize ``conv`` rendered with the generation prompt (``...\\nAssistant:``), as the
+    reference prompts its benchmarks: ``tokenizer`` as for :func:`encode_conversation` (``<v>``
+    added as a special token); learn flags in ``conv`` are ignored."""
+    if frame_tokens < 1:
+        raise ValueError(f"frame_tokens must be >= 1, got {frame_tokens}")
+    v_id = single_token_id(tokenizer, v_token, what="the frame placeholder (model.v_token)")
+    rendered = render_conversation(
+        conv,
+        bos=tokenizer.bos_token or "",
+        eos=tokenizer.eos_token or "",
+        v_token=v_token,
+        frame_tokens=frame_tokens,
+        generation_prompt=True,
+    )
+    ids = tokenizer(rendered.text, add_special_tokens=False)["input_ids"]
+    input_ids = torch.tensor(ids, dtype=torch.long)
+    return EncodedPrompt(
+        text=rendered.text,
+        input_ids=input_ids,
+        frame_positions=(input_ids == v_id).nonzero().flatten(),
+        num_frames=rendered.num_frames,
+        frame_tokens=frame_tokens,
+    )

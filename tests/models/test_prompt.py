@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from data import AssistantTurn, Conversation, StreamTurn, UserTurn, conversation_from_messages
-from models.prompt import encode_conversation, render_conversation, single_token_id
+from models.prompt import (
+    encode_conversation,
+    encode_prompt,
+    render_conversation,
+    single_token_id,
+)
 
 W = 2.0  # stream_loss_weight used below, so stream and LM weights can be told apart
 SYSTEM = "You watch a video."
@@ -204,3 +209,85 @@ def test_tiny_tokenizer_has_what_the_layout_needs(tokenizer: Any) -> None:
         assert tokenizer.convert_ids_to_tokens(ids) == tokens
     for char in (",", "]", "[", "\n", "<v>"):
         single_token_id(tokenizer, char, what="test")
+
+
+def benchmark_sample(num_frames: int) -> Any:
+    from data.benchmarks import BenchmarkSample
+
+    return BenchmarkSample(
+        sample_id="s0",
+        task="step",
+        video_id="v0",
+        first_frame=0,
+        stop_frame=num_frames,
+        question="What now?",
+        answer="ok",
+        labels=("ok",),
+        system=SYSTEM,
+    )
+
+
+def test_generation_prompt_ends_the_text_with_assistant_colon() -> None:
+    conv = benchmark_sample(2).conversation(with_answer=False)
+    plain = render_conversation(conv, bos="<s>", eos="</s>", frame_tokens=2)
+    assert plain.text == "<s>You watch a video.\n\nUser: What now?\n[<v><v>,<v><v>]"
+    prompted = render_conversation(
+        conv, bos="<s>", eos="</s>", frame_tokens=2, generation_prompt=True
+    )
+    # The reference's add_generation_prompt: "\nAssistant:" with no trailing space.
+    assert prompted.text == plain.text + "\nAssistant:"
+    # The last frame's "]\n" range, cut at the end of the plain text, is whole again.
+    assert plain.learn_ranges == [(46, 47), (53, 54)]
+    assert prompted.learn_ranges == [(46, 47), (53, 55)]
+    assert (prompted.num_frames, prompted.num_learned_frames) == (2, 2)
+    # The default is unchanged: no generation prompt.
+    assert render_conversation(example(), bos="<s>", eos="</s>", frame_tokens=2).text == (
+        EXAMPLE_TEXT
+    )
+
+
+def test_encode_prompt_tokens_and_frame_positions(tokenizer: Any) -> None:
+    p = encode_prompt(
+        tokenizer, benchmark_sample(2).conversation(with_answer=False), frame_tokens=2
+    )
+    assert p.text == "<s>You watch a video.\n\nUser: What now?\n[<v><v>,<v><v>]\nAssistant:"
+    assert tokenizer.convert_ids_to_tokens(p.input_ids.tolist()) == [
+        "<s>", "You", "Ġwatch", "Ġa", "Ġvideo", ".", "Ċ", "Ċ", "User", ":", "ĠWhat", "Ġnow",
+        "?", "Ċ", "[", "<v>", "<v>", ",", "<v>", "<v>", "]", "Ċ", "Assistant", ":",
+    ]  # fmt: skip
+    assert p.frame_positions.tolist() == [15, 16, 18, 19]
+    assert (p.num_frames, p.frame_tokens) == (2, 2)
+    assert p.input_ids.dtype == torch.long
+    # Zero frames: the stream renders nothing and the prompt holds no placeholder.
+    empty = encode_prompt(tokenizer, benchmark_sample(0).conversation(with_answer=False))
+    assert empty.text == "<s>You watch a video.\n\nUser: What now?\nAssistant:"
+    assert empty.frame_positions.numel() == 0 and empty.num_frames == 0
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama3"])
+def test_prompt_tokens_are_a_prefix_of_the_training_tokens(
+    style: str, tokenizer: Any, tiny_llm_llama3: Path
+) -> None:
+    """What the model is prompted with at evaluation is exactly the start of what it was trained
+    on (question, frames, "\\nAssistant:"), token for token, with both tokenizer styles."""
+    if style == "llama3":
+        from models.live import LiveConfig, build_live
+
+        _, tokenizer = build_live(LiveConfig(llm=str(tiny_llm_llama3), vision_dim=8, lora_r=2))
+    sample = benchmark_sample(3)
+    prompt = encode_prompt(tokenizer, sample.conversation(with_answer=False), frame_tokens=2)
+    train = encode_conversation(tokenizer, sample.conversation(with_answer=True), frame_tokens=2)
+    n = prompt.input_ids.numel()
+    assert torch.equal(train.input_ids[:n], prompt.input_ids)
+    assert train.text.startswith(prompt.text)
+    assert torch.equal(train.frame_positions, prompt.frame_positions)
+    # The first generated token is the answer's first token (" ok"), which training learns.
+    assert tokens_of(tokenizer, int(train.labels[n - 1])) == "Ġok"
+
+
+def test_encode_prompt_rejects_an_unknown_placeholder(tokenizer: Any) -> None:
+    conv = benchmark_sample(1).conversation(with_answer=False)
+    with pytest.raises(ValueError, match=r"model\.v_token.*single token"):
+        encode_prompt(tokenizer, conv, v_token="<frame>", frame_tokens=2)
+    with pytest.raises(ValueError, match="frame_tokens must be >= 1"):
+        encode_prompt(tokenizer, conv, frame_tokens=0)
