@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -22,12 +24,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from cache import open_store, read_store_attrs
-from data import DataConfig, StreamDataset, read_samples, store_fps
+from cache import Store, open_store, read_store_attrs
+from data import DataConfig, build_dataset
+from data.benchmarks import stored_frames
 from extract.encoders import autocast_context
 from jobs.launchers import Launcher
+from models.collate import batch_loss, collate
 from models.live import LiveConfig, build_live, save_trainable, trainable_parameters
-from models.prompt import encode_conversation
+from models.prompt import IGNORE_INDEX, encode_conversation
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,8 @@ class TrainSpec:
     lr: float = 2e-4
     warmup_ratio: float = 0.05  # cosine schedule after a linear warmup
     weight_decay: float = 0.0
-    grad_accum: int = 8  # samples per optimizer step per rank (batch 1 each, as the reference)
+    batch_size: int = 1  # samples per forward per rank (the reference: 1; ProVideLLM COIN: 16)
+    grad_accum: int = 8  # forwards per optimizer step: batch_size * grad_accum samples per rank
     max_grad_norm: float = 1.0
     save_every: int = 500  # optimizer steps between checkpoints
     log_every: int = 10  # TensorBoard scalars every N steps
@@ -55,6 +60,12 @@ class TrainSpec:
     losses_file: str | None = None  # also append per-step losses as JSON lines (tests, sweeps)
     stop_after: int | None = None  # stop at this step as if preempted (tests)
 
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "world_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"job.{name} must be an integer >= 1, got {value!r}")
+
 
 @dataclass
 class TrainState:
@@ -64,7 +75,49 @@ class TrainState:
 
 _CHECKPOINT = re.compile(r"step-(\d+)")
 # What a resumed run must share with its checkpoint (the rest, e.g. max_steps, may change).
-RESUME_KEYS = ("store", "data", "model", "seed", "grad_accum", "world_size")
+RESUME_KEYS = ("store", "data", "model", "seed", "batch_size", "grad_accum", "world_size")
+# What checkpoints written before a key existed ran with (they are still resumable).
+LEGACY_VALUES: dict[str, Any] = {"batch_size": 1}
+
+
+@dataclass(frozen=True)
+class DataContent:
+    """What decides the order of the samples besides the settings: the store's done videos with
+    their frame counts (``digest``: a hash of the sorted ``(video id, frames)`` pairs) and the
+    number of samples built from them. Saved in each checkpoint; a resume compares it."""
+
+    done_videos: int
+    frames: int
+    digest: str
+    samples: int
+
+    @classmethod
+    def of(cls, store: Store, samples: int) -> DataContent:
+        done = sorted((v, n) for v, n in stored_frames(store).items() if n is not None)
+        digest = hashlib.sha256(json.dumps(done).encode()).hexdigest()[:16]
+        return cls(len(done), sum(n for _, n in done), digest, samples)
+
+    def differences(self, saved: dict[str, Any]) -> list[str]:
+        """How ``saved`` (an earlier ``asdict``) differs from this content, for an error."""
+        out = []
+        if (saved["done_videos"], saved["frames"]) != (self.done_videos, self.frames):
+            out.append(
+                f"job.store content: {saved['done_videos']:,} done videos /"
+                f" {saved['frames']:,} frames in the checkpoint,"
+                f" {self.done_videos:,} / {self.frames:,} now"
+            )
+        elif saved["digest"] != self.digest:
+            out.append(
+                f"job.store content: {self.done_videos:,} done videos / {self.frames:,} frames"
+                f" in both, but other videos or frame counts (digest {saved['digest']} in the"
+                f" checkpoint, {self.digest} now)"
+            )
+        if saved["samples"] != self.samples:
+            out.append(
+                f"samples built from job.data: {saved['samples']:,} in the checkpoint,"
+                f" {self.samples:,} now"
+            )
+        return out
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
@@ -77,14 +130,28 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def check_resume(saved: dict[str, Any], spec: TrainSpec, ckpt: Path) -> None:
-    """Refuse to resume ``ckpt`` with settings that change the model, the store or the data."""
+def check_resume(
+    saved: dict[str, Any],
+    spec: TrainSpec,
+    ckpt: Path,
+    *,
+    content: DataContent | None = None,
+    saved_content: dict[str, Any] | None = None,
+) -> None:
+    """Refuse to resume ``ckpt`` with settings that change the model, the store or the data, or
+    when the store's content (``content`` now, ``saved_content`` at the save) has changed
+    since: either changes the order of the samples. A key the checkpoint lacks (written before
+    it existed) is taken at :data:`LEGACY_VALUES`, or not compared."""
     now = asdict(spec)
-    differ = [
-        f"job.{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now"
-        for k in RESUME_KEYS
-        if k in saved and _plain_value(saved[k]) != _plain_value(now[k])
-    ]
+    differ = []
+    for k in RESUME_KEYS:
+        if k not in saved and not (saved and k in LEGACY_VALUES):  # no spec saved: none
+            continue
+        old = saved.get(k, LEGACY_VALUES.get(k))
+        if _plain_value(old) != _plain_value(now[k]):
+            differ.append(f"job.{k}: {old!r} in the checkpoint, {now[k]!r} now")
+    if content is not None and saved_content is not None:
+        differ += content.differences(saved_content)
     if differ:
         raise ValueError(
             f"cannot resume from {ckpt}: " + "; ".join(differ) + " (use another job.output_dir)"
@@ -131,9 +198,10 @@ class Trainer:
             self.optimizer, math.ceil(spec.warmup_ratio * spec.max_steps), spec.max_steps
         )
         store = open_store(spec.store)
-        self.dataset = StreamDataset(
+        # Streams or benchmark questions; annotations in seconds land on the store's grid.
+        self.dataset = build_dataset(
+            spec.data,
             store,
-            read_samples(spec.data, fps=store_fps(store)),  # annotations in seconds: store's grid
             functools.partial(
                 encode_conversation,
                 self.tokenizer,
@@ -142,6 +210,13 @@ class Trainer:
                 stream_loss_weight=spec.model.stream_loss_weight,
             ),
         )
+        self.content = DataContent.of(store, len(self.dataset))
+        self.pad_token_id = int(self.tokenizer.pad_token_id)
+        if self.pad_token_id == self.model.v_token_id:
+            raise ValueError(
+                f"the tokenizer of {spec.model.llm!r} pads with {spec.model.v_token!r}, the"
+                " frame placeholder: padded batches would take frames"
+            )
         from torch.utils.data.distributed import DistributedSampler
 
         # The same sampler on 1 or N ranks: N ranks see the 1-rank order interleaved, so a step
@@ -169,7 +244,13 @@ class Trainer:
         if ckpt is None:
             return
         state = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
-        check_resume(state.get("spec", {}), self.spec, ckpt)
+        check_resume(
+            state.get("spec", {}),
+            self.spec,
+            ckpt,
+            content=self.content,
+            saved_content=state.get("content"),  # None: saved before it was recorded
+        )
         named = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, value in state["trainable"].items():
@@ -186,45 +267,58 @@ class Trainer:
 
     # -- loop -----------------------------------------------------------------------------
 
-    def batches(self) -> Any:
-        """Samples in the fixed order, starting where ``state.step`` left off."""
+    def order(self) -> Iterator[int]:
+        """This rank's dataset indices in the fixed order, epoch after epoch, starting after
+        the samples the ``state.step`` steps consumed (``batch_size * grad_accum`` each)."""
         spec = self.spec
-        per_epoch = len(self.sampler)
-        consumed = self.state.step * spec.grad_accum
-        epoch, skip = divmod(consumed, per_epoch)
+        consumed = self.state.step * spec.grad_accum * spec.batch_size
+        epoch, skip = divmod(consumed, len(self.sampler))
         while True:
             self.sampler.set_epoch(epoch)
-            order = list(self.sampler)[skip:]
-            loader = torch.utils.data.DataLoader(
-                torch.utils.data.Subset(self.dataset, order),
-                batch_size=None,
-                num_workers=spec.num_workers,
-                persistent_workers=False,
-            )
-            yield from loader
+            yield from list(self.sampler)[skip:]
             epoch, skip = epoch + 1, 0
 
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """Padded batches of ``batch_size`` consecutive samples of :meth:`order` (a batch may
+        span an epoch's end: every batch is full, so batch B x accumulation A sees the samples
+        of batch 1 x accumulation A*B, step for step). Workers read and collate."""
+        order, size = self.order(), self.spec.batch_size
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=_Chunks(order, size),
+            collate_fn=functools.partial(collate, pad_token_id=self.pad_token_id),
+            num_workers=self.spec.num_workers,
+            # Its own generator: starting the loader must not draw from the global RNG, which
+            # (restored on resume) drives dropout — a resumed run must draw as the full one.
+            generator=torch.Generator().manual_seed(self.spec.seed + self.rank),
+        )
+        yield from loader
+
     def step(self, micro: list[dict[str, Any]]) -> dict[str, float]:
-        """One optimizer step over ``grad_accum`` samples (gradients averaged)."""
-        spec = self.spec
+        """One optimizer step over ``grad_accum`` batches: each batch's loss is the mean of its
+        samples' LIVE losses and the batches are averaged, so gradients are the mean over
+        ``batch_size * grad_accum`` samples of their own losses' gradients."""
         totals = {"loss": 0.0, "lm_loss": 0.0, "stream_loss": 0.0, "frames": 0.0}
-        for i, sample in enumerate(micro):
+        for i, batch in enumerate(micro):
             sync = i == len(micro) - 1
             ctx = self.ddp.no_sync() if self.world > 1 and not sync else nullcontext()
             with ctx, autocast_context(self.spec.autocast, self.device):
+                input_ids = batch["input_ids"].to(self.device)
+                labels = batch["labels"].to(self.device)
                 out = self.ddp(
-                    sample["input_ids"].to(self.device),
-                    sample["frames"].to(self.device),
-                    labels=sample["labels"].to(self.device),
-                    weights=sample["weights"].to(self.device),
+                    input_ids,
+                    batch["frames"].to(self.device),
+                    attention_mask=batch["attention_mask"].to(self.device),
                 )
-                (out.loss.total / len(micro)).backward()
-            totals["loss"] += float(out.loss.total.detach()) / len(micro)
-            totals["lm_loss"] += float(out.loss.lm.detach()) / len(micro)
-            totals["stream_loss"] += float(out.loss.stream.detach()) / len(micro)
-            totals["frames"] += len(sample["frames"])
-        if spec.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, spec.max_grad_norm)
+                stream_mask = (input_ids == self.model.v_token_id) & (labels != IGNORE_INDEX)
+                loss = batch_loss(out.logits, labels, batch["weights"].to(self.device), stream_mask)
+                (loss.total / len(micro)).backward()
+            totals["loss"] += float(loss.total.detach()) / len(micro)
+            totals["lm_loss"] += float(loss.lm.detach()) / len(micro)
+            totals["stream_loss"] += float(loss.stream.detach()) / len(micro)
+            totals["frames"] += len(batch["frames"])
+        if self.spec.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.spec.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -313,6 +407,7 @@ class Trainer:
                     "step": step,
                     "history": self.state.history,
                     "spec": asdict(self.spec),
+                    "content": asdict(self.content),  # a resume refuses a changed store
                 },
                 tmp / "trainer.pt",
             )
@@ -336,6 +431,17 @@ class Trainer:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+class _Chunks:
+    """An endless batch sampler: consecutive ``size``-long chunks of ``order``."""
+
+    def __init__(self, order: Iterator[int], size: int) -> None:
+        self.order, self.size = order, size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            yield [next(self.order) for _ in range(self.size)]
 
 
 def train_rank(spec: TrainSpec, rank: int, world: int) -> dict[str, Any]:

@@ -6,8 +6,9 @@ import functools
 import json
 import logging
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from cache import ShardWriter, StoreLayout, init_store, open_store
 from data import DataConfig, StreamDataset, StreamTurn, read_samples, store_fps
 from extract.samples import make_video
 from jobs.launchers import LocalLauncher
-from jobs.train import TrainSpec, train_rank
+from jobs.train import DataContent, TrainSpec, check_resume, train_rank
 from models.live import LiveConfig, build_live, load_trainable
 from models.prompt import encode_conversation
 from tests.jobs.cli import run_cli
@@ -89,7 +90,7 @@ def test_samples_read_their_window_from_the_store(
     )
     with caplog.at_level(logging.WARNING):
         ds = StreamDataset(str(store), samples, encode)
-    assert "1 of 5 annotated videos are not done" in caplog.text and "not_in_store" in caplog.text
+    assert "1 samples: video not in the store" in caplog.text  # "not_in_store", skipped
     assert [s.video_id for s in ds.samples] == ["a", "b", "c", "d"]
     item = ds[1]
     assert ds._store.index is ds._index  # the worker's reader reuses the loaded index
@@ -272,3 +273,131 @@ def test_resume_ignores_an_interrupted_save_and_refuses_other_settings(
     other_store = replace(spec, max_steps=4, store=str(tmp_path / "elsewhere.zarr"))
     with pytest.raises(ValueError, match=r"job\.store: "):
         train_rank(other_store, 0, 1)
+
+
+# -- batches above 1 and a resume that checks the store's content ------------------------------
+
+VIDEOS5 = ["a", "b", "c", "d", "e"]  # 5 samples: batches of 2 span the epochs' ends
+
+
+@pytest.fixture(scope="module")
+def store5(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One store for the module's batch tests (read only); its annotations also name "late",
+    which is not extracted (tests that extract it copy the store first)."""
+    d = tmp_path_factory.mktemp("batches")
+    return make_store(d / "feats.zarr", VIDEOS5), write_chat(d / "chat.json", [*VIDEOS5, "late"])
+
+
+def cli_train(store: Path, ann: Path, llm: Path, out: Path, hydra: Path, *extra: str) -> Any:
+    return run_cli(
+        "job=train", f"store={store}", "data=chat", f"data.annotations={ann}", f"model.llm={llm}",
+        "model.lora_r=4", "model.lora_alpha=8", "model.lora_dropout=0.0", "job.lr=1e-3",
+        "job.num_workers=0", "job.save_every=2", f"job.output_dir={out}", "job.progress=false",
+        *extra, hydra_dir=hydra,
+    )  # fmt: skip
+
+
+def read_losses(path: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
+
+
+def test_batch_2_resumes_and_equals_batch_1_with_accumulation(
+    store5: tuple[Path, Path], tiny_llm: Path, tmp_path: Path
+) -> None:
+    """``job.batch_size=2`` through the CLI, preempted after step 2 and rerun, gives the losses
+    of an uninterrupted batch 1 x grad_accum 2 run: same samples per step, in the same order
+    across epochs (5 samples: step 3 takes the last of epoch 0 and the first of epoch 1), each
+    sample's loss normalised by its own labels."""
+    store, ann = store5
+    ref_spec = spec_for(store, ann, tiny_llm, tmp_path / "ref", grad_accum=2, batch_size=1)
+    ref = train_rank(replace(ref_spec, model=replace(ref_spec.model, lora_dropout=0.0)), 0, 1)
+    out, losses_file = tmp_path / "run", tmp_path / "losses.jsonl"
+    args = (
+        "job.batch_size=2",
+        "job.grad_accum=1",
+        "job.max_steps=4",
+        f"job.losses_file={losses_file}",
+    )
+    r = cli_train(store, ann, tiny_llm, out, tmp_path / "h1", *args, "job.stop_after=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert read_losses(losses_file) == pytest.approx(losses(ref["history"])[:2], rel=1e-4)
+    r = cli_train(store, ann, tiny_llm, out, tmp_path / "h2", *args)  # the same command again
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stderr and "at step 2" in r.stderr
+    steps = [json.loads(line) for line in losses_file.read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]
+    np.testing.assert_allclose(read_losses(losses_file), losses(ref["history"]), rtol=1e-4)
+    assert [s["frames"] for s in steps] == [h["frames"] for h in ref["history"]]  # 2 windows
+    state = torch.load(out / "checkpoints" / "step-0000004" / "trainer.pt", weights_only=False)
+    assert state["spec"]["batch_size"] == 2
+    assert state["content"] == {
+        "done_videos": 5, "frames": 5 * FRAMES, "digest": state["content"]["digest"], "samples": 5
+    }  # fmt: skip
+
+
+def test_resume_after_the_store_changed_is_one_error_line(
+    store5: tuple[Path, Path], tiny_llm: Path, tmp_path: Path
+) -> None:
+    """One more video extracted into the store since the checkpoint: the order of the samples
+    changed, so the resume is refused, naming the store content and the samples."""
+    store = tmp_path / "feats.zarr"
+    shutil.copytree(store5[0], store)
+    out = tmp_path / "run"
+    args = ("job.batch_size=2", "job.grad_accum=1", "job.max_steps=1")
+    r = cli_train(store, store5[1], tiny_llm, out, tmp_path / "h1", *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with ShardWriter(store, 1) as w:  # what job=extract does for a video it had not done
+        w.start("late")
+        w.write("late", np.zeros((FRAMES + 2, N, D), np.float16), np.arange(FRAMES + 2) / 2.0)
+        w.finish("late", {"num_frames": FRAMES + 2, "fps": 2.0})
+    r = cli_train(store, store5[1], tiny_llm, out, tmp_path / "h2", "job.batch_size=2",
+                  "job.grad_accum=1", "job.max_steps=2")  # fmt: skip
+    assert r.returncode == 2, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "cannot resume from" in errors[0]
+    assert (
+        "job.store content: 5 done videos / 120 frames in the checkpoint, 6 / 146 now" in errors[0]
+    )
+    assert "samples built from job.data: 5 in the checkpoint, 6 now" in errors[0]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000001"]
+
+
+def test_resume_check_of_batch_size_and_content_keeps_old_checkpoints(tmp_path: Path) -> None:
+    """Checkpoints written before ``batch_size`` and the content were saved ran at batch 1 and
+    are still resumable; the same counts with other videos are named by their digest."""
+    store = make_store(tmp_path / "s.zarr", ["a", "b"])
+    spec = TrainSpec(
+        store=str(store),
+        data=DataConfig(format="chat", annotations="x.json"),
+        model=LiveConfig(llm="m", vision_dim=D, frame_tokens=N),
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+    )
+    old = {k: v for k, v in asdict(spec).items() if k != "batch_size"}
+    now = DataContent.of(open_store(store), samples=2)
+    check_resume(old, spec, tmp_path, content=now, saved_content=None)  # no content: not compared
+    with pytest.raises(ValueError, match=r"job\.batch_size: 1 in the checkpoint, 2 now"):
+        check_resume(old, replace(spec, batch_size=2), tmp_path, content=now)
+    other = DataContent.of(open_store(make_store(tmp_path / "o.zarr", ["a", "z"])), samples=2)
+    with pytest.raises(ValueError, match=r"2 done videos / 48 frames in both, but other videos"):
+        check_resume(asdict(spec), spec, tmp_path, content=now, saved_content=asdict(other))
+    with pytest.raises(ValueError, match=r"job\.batch_size must be an integer >= 1, got 0"):
+        replace(spec, batch_size=0)
+
+
+def test_benchmark_questions_train_in_batches(
+    store5: tuple[Path, Path], tiny_llm: Path, tmp_path: Path
+) -> None:
+    """``data=coin_benchmarks`` trains too (build_dataset): questions over frame windows of
+    several lengths, batched with padding."""
+    segments = [{"id": "1", "segment": [0.0, 4.0], "label": "open the slot"}]
+    segments += [{"id": "2", "segment": [5.0, 9.0], "label": "insert the card"}]
+    entry = {"class": "Replace sim card", "recipe_type": 1, "subset": "training"}
+    entry |= {"start": 0.0, "end": 12.0, "duration": 12.0, "annotation": segments}
+    (tmp_path / "COIN.json").write_text(json.dumps({"database": dict.fromkeys(VIDEOS5, entry)}))
+    spec = spec_for(store5[0], store5[1], tiny_llm, tmp_path / "run", max_steps=1, batch_size=3)
+    data = DataConfig(format="coin_benchmarks", annotations=str(tmp_path), split="train")
+    result = train_rank(replace(spec, data=data, grad_accum=1), 0, 1)
+    assert result["step"] == 1 and np.isfinite(result["history"][0]["loss"])
+    assert result["history"][0]["frames"] > 0
