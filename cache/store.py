@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ def init_store(
     layout: StoreLayout,
     features: dict[str, Any],
     provenance: dict[str, Any],
+    stop_check: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Create the store at ``root``, or check that an existing one holds the same features.
 
@@ -44,6 +47,9 @@ def init_store(
     size, pooling, dtype): a run whose ``features`` differ from the store's is refused, so one
     store never mixes features of different encoders. ``provenance`` (package versions, host,
     time) is recorded only when the store is created; each writer run journals its own.
+    While another process holds the creation lock, ``stop_check`` (if given) is called every
+    50 ms and may raise, so a signal stops a run that waits for the lock (``job=extract``
+    passes its stop request).
     """
     import zarr
 
@@ -61,7 +67,7 @@ def init_store(
     # others then compare their settings with it.
     fd = os.open(root / ".create.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock_polling(fd, stop_check or _no_stop)
         if (root / "zarr.json").is_file():
             return _check(root, attrs)
         zarr.open_group(root, mode="a", zarr_format=3, attributes={ATTRS_KEY: attrs})
@@ -71,6 +77,23 @@ def init_store(
         return read_store_attrs(root)
     finally:
         os.close(fd)
+
+
+def _lock_polling(fd: int, stop_check: Callable[[], None], poll_s: float = 0.05) -> None:
+    """``flock(fd, LOCK_EX)``, polled: a blocking flock resumes after a signal whose handler
+    only records a stop (inside ``signals.deferred()``), so it would wait for the lock's holder
+    for ever; polling lets ``stop_check`` raise between tries."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            stop_check()
+            time.sleep(poll_s)
+
+
+def _no_stop() -> None:
+    return None
 
 
 def _check(root: Path, attrs: dict[str, Any]) -> dict[str, Any]:

@@ -225,7 +225,8 @@ class StreamDataset(torch.utils.data.Dataset):
     """Samples whose frames come from the store, one window each (never the whole video).
 
     ``encode`` turns a sample's :class:`Conversation` into token ids, labels and loss weights
-    (the model's prompt: jobs pass ``models.prompt.encode_conversation`` with the tokenizer).
+    (the model's prompt: jobs pass ``models.prompt.encode_conversation`` with the tokenizer;
+    None builds a dataset that only selects and counts samples).
     The samples must be on the store's frame grid (read at :func:`store_fps`). Samples the
     store cannot serve whole are skipped or adjusted, counted by reason (``skipped``,
     ``adjusted``, logged once): no sample is ever used with zero frames."""
@@ -234,7 +235,7 @@ class StreamDataset(torch.utils.data.Dataset):
         self,
         store: str | Path | Store,
         samples: list[StreamSample],
-        encode: Callable[[Conversation], Encoded],
+        encode: Callable[[Conversation], Encoded] | None,
     ) -> None:
         index = store if isinstance(store, Store) else open_store(store)
         self.store_path = str(index.root)
@@ -303,6 +304,8 @@ class StreamDataset(torch.utils.data.Dataset):
         s = self.samples[i]
         pts = self._store.pts_seconds(s.video_id)
         lo, hi = frames_for_window(pts, s.start_seconds, s.stop_seconds, fps=self.fps)
+        if self.encode is None:
+            raise ValueError("this StreamDataset was built without encode: it only counts samples")
         enc = self.encode(to_conversation(s, pts, lo, hi))
         tokens, _ = self._store.read(s.video_id, lo, hi)
         return {

@@ -184,7 +184,7 @@ class EvalJob:
             return self._run_benchmark(store)
         fps = store_fps(store)  # the rate the samples were aligned at
         samples = read_samples(spec.data, fps=fps)[: spec.max_samples]
-        built = counts(StreamDataset(store, samples, encode=lambda conv: conv))
+        built = counts(StreamDataset(store, samples, encode=None))
         for reason, n in sorted({**built["skipped"], **built["adjusted"]}.items()):
             print(f"eval: {n} x {reason}", file=sys.stderr)
         shards = self.launcher.shard_count

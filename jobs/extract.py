@@ -262,7 +262,11 @@ def run_shard(
         tally = _Tally(result, _progress(len(todo), shard, shard_count, enabled=spec.progress))
         try:
             init_store(
-                spec.store, layout=layout, features=features_of(spec, enc, layout), provenance=prov
+                spec.store,
+                layout=layout,
+                features=features_of(spec, enc, layout),
+                provenance=prov,
+                stop_check=signals.check,  # a signal stops a wait for the creation lock
             )
             with ShardWriter(
                 spec.store, shard, commit_interval_s=spec.commit_interval_s, provenance=prov

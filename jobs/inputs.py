@@ -6,6 +6,7 @@ import fnmatch
 import glob
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def resolve_inputs(videos: str, root: str | None = None) -> Inputs:
     prefix, or the common parent of the listed paths (set ``root`` for ids that stay stable when
     a list grows). Listed paths that do not exist are kept: extraction records them as failed.
     A folder and a glob are walked the same way: symlinked folders are followed (each folder
-    once), and a folder that cannot be read is skipped with a warning naming it.
+    once), and a folder that cannot be read is skipped with a warning naming it. A FIFO, socket
+    or device (named by a list, found in a folder or matched by a glob) is rejected with its
+    kind before anything opens it: reading one could block the run for ever.
     """
     spec = os.path.expanduser(str(videos))
     p = Path(spec)
@@ -73,6 +76,10 @@ def resolve_inputs(videos: str, root: str | None = None) -> Inputs:
         )
     elif p.is_file():
         paths, default_root = [p], p.parent
+    elif (kind := special_kind(p)) is not None:
+        raise ValueError(
+            f"videos={videos!r} is {kind}, not a video, a folder, a list file or a glob"
+        )
     else:
         raise FileNotFoundError(
             f"videos={videos!r} is not a directory, a list file or a glob that exists"
@@ -83,7 +90,34 @@ def resolve_inputs(videos: str, root: str | None = None) -> Inputs:
             f"(extensions: {', '.join(sorted(VIDEO_EXTENSIONS))})"
         )
     base = Path(root).expanduser() if root else default_root
-    return assign_ids(sorted({Path(os.path.normpath(x)) for x in paths}), base)
+    unique = sorted({Path(os.path.normpath(x)) for x in paths})
+    special = {}
+    for path in unique:
+        if (kind := special_kind(path)) is not None:
+            log.warning("cannot extract %s: %s", path, f"not a regular file: {kind}")
+            special[str(path)] = f"not a regular file: {kind} (skipped unopened)"
+    found = assign_ids([x for x in unique if str(x) not in special], base)
+    return Inputs(found.tasks, {**found.rejected, **special})
+
+
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def special_kind(path: Path) -> str | None:
+    """What ``path`` is when it exists but is not a regular file (``"a FIFO (named pipe)"``, a
+    socket, a device, a folder), from ``stat`` alone (opening a FIFO blocks until a writer comes);
+    ``None`` for a regular file or a path that cannot be stat'ed (extraction says why)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return next((kind for is_kind, kind in _SPECIAL_KINDS if is_kind(mode)), None)
 
 
 def assign_ids(paths: list[Path], base: Path) -> Inputs:
@@ -148,7 +182,8 @@ def _match(want: list[str], parts: list[str]) -> bool:
 def walk_files(top: Path, max_depth: int | None = None) -> list[Path]:
     """Files under ``top`` (at most ``max_depth`` folders down), following symlinked folders as
     a ``**`` glob does (each folder once, so a symlink loop ends) and warning about a folder it
-    cannot read."""
+    cannot read. FIFOs, sockets and devices are listed too (the caller rejects them, saying
+    why); broken symlinks are not."""
     seen: set[tuple[int, int]] = set()
     out: list[Path] = []
     base = len(Path(top).parts)
@@ -164,7 +199,7 @@ def walk_files(top: Path, max_depth: int | None = None) -> list[Path]:
         seen.add((st.st_dev, st.st_ino))
         if max_depth is not None and len(Path(dirpath).parts) - base >= max_depth:
             dirnames[:] = []
-        out += [Path(dirpath, f) for f in filenames if os.path.isfile(os.path.join(dirpath, f))]
+        out += [Path(dirpath, f) for f in filenames if os.path.exists(os.path.join(dirpath, f))]
     return out
 
 

@@ -20,6 +20,7 @@ from models.prompt import FRAME_INTERVAL, IGNORE_INDEX, single_token_id
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CONNECTOR_FILE = "connector.safetensors"
+ADAPTER_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "live_config.json"
 DEFAULT_LORA_TARGETS = (
     "q_proj",
@@ -253,21 +254,41 @@ def _torch_dtype(name: str) -> Any:
     return name if name == "auto" else getattr(torch, name)
 
 
-def _load_base(cfg: LiveConfig) -> tuple[Any, Any, dict[str, int]]:
-    """Tokenizer (with ``<v>`` added) and the bare causal LM from ``cfg.llm``."""
+def _looks_local(ref: str) -> bool:
+    """Whether an LLM reference is meant as a path (``/x``, ``./x``, ``~/x``, ``a/b/c``): such a
+    reference is never looked up on the hub, whose ids are ``name`` or ``org/name``."""
+    return ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref
+
+
+def _load_base(
+    cfg: LiveConfig, *, llm_key: str = "model.llm", origin: str = ""
+) -> tuple[Any, Any, dict[str, int]]:
+    """Tokenizer (with ``<v>`` added) and the bare causal LM from ``cfg.llm``. ``llm_key`` is
+    the setting that changes it in error messages (``model.llm`` for job=train, ``job.llm`` for
+    eval and stream); ``origin`` says where the value came from (e.g. a checkpoint's config)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    fix = f"set {llm_key}=<hub id or local folder with config.json, weights and tokenizer files>"
+    ref = cfg.llm
+    if _looks_local(ref):
+        local = Path(ref).expanduser()
+        if not local.is_dir():
+            what = "not a folder" if local.exists() else "no such folder"
+            raise FileNotFoundError(f"{llm_key}={ref!r}{origin}: {what}; {fix}")
+        ref = str(local)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.llm)
+        tokenizer = AutoTokenizer.from_pretrained(ref)
         kwargs: dict[str, Any] = {"dtype": _torch_dtype(cfg.dtype)}
         if cfg.attn_implementation is not None:
             kwargs["attn_implementation"] = cfg.attn_implementation
-        llm = AutoModelForCausalLM.from_pretrained(cfg.llm, **kwargs)
+        llm = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
     except (OSError, ValueError) as e:
-        raise OSError(
-            f"cannot load the LLM {cfg.llm!r} ({type(e).__name__}: {e}). Set model.llm=<hub id"
-            " or local directory with config.json, weights and tokenizer files>; without network"
-            " access use a local directory (or a populated HF cache with HF_HUB_OFFLINE=1)"
+        # FileNotFoundError and ValueError are what the command line reports as one line.
+        error = FileNotFoundError if isinstance(e, OSError) else ValueError
+        raise error(
+            f"cannot load the LLM {llm_key}={cfg.llm!r}{origin} ({type(e).__name__}:"
+            f" {' '.join(str(e).split())[:300]}); {fix}; without network access use a local"
+            " folder (or a populated HF cache with HF_HUB_OFFLINE=1)"
         ) from e
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
@@ -355,11 +376,17 @@ def save_trainable(model: LiveModel, path: str | Path) -> Path:
 
 def load_live_config(path: str | Path) -> LiveConfig:
     """Read the ``LiveConfig`` saved next to an adapter by ``save_trainable``."""
-    raw = json.loads((Path(path) / CONFIG_FILE).read_text())
+    file = Path(path) / CONFIG_FILE
+    try:
+        raw = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file} is damaged (not JSON: {e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file} is damaged (a JSON object expected, got {type(raw).__name__})")
     known = {f.name for f in fields(LiveConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ValueError(f"{Path(path) / CONFIG_FILE} has unknown keys {unknown}; known: {known}")
+        raise ValueError(f"{file} has unknown keys {unknown}; known: {sorted(known)}")
     return LiveConfig(**raw)
 
 
@@ -378,42 +405,121 @@ def check_features(model: LiveModel, tokens_per_frame: int, dim: int, source: st
 
 
 def load_checkpoint(
-    ref: str | Path, *, llm: str | None = None, frame_tokens: int | None = None
+    ref: str | Path,
+    *,
+    llm: str | None = None,
+    frame_tokens: int | None = None,
+    llm_key: str = "job.llm",
 ) -> tuple[LiveModel, Any]:
     """A checkpoint for inference, in either layout: ours (``save_trainable``) or
     VideoLLM-online's released one (a directory or a hub id; ``frame_tokens``: the store's
-    tokens per frame, used when the checkpoint's name does not tell): models.videollm_online."""
+    tokens per frame, used when the checkpoint's name does not tell): models.videollm_online.
+    It loads whole or not at all: missing, extra or mis-shaped tensors are refused, naming them;
+    errors name ``job.adapter`` and ``llm_key`` (the setting that overrides the base LLM)."""
     from models.videollm_online import is_videollm_online, load_videollm_online, resolve
 
     path = Path(ref).expanduser()
     if not (path / CONFIG_FILE).is_file():
         path = resolve(ref)
         if is_videollm_online(path):
-            return load_videollm_online(ref, llm=llm, frame_tokens=frame_tokens)
-    return load_trainable(path, llm=llm)
+            return load_videollm_online(ref, llm=llm, frame_tokens=frame_tokens, llm_key=llm_key)
+    return load_trainable(path, llm=llm, llm_key=llm_key)
+
+
+def read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors ``file``; a damaged file is a ``ValueError`` naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except Exception as e:  # noqa: BLE001 - safetensors' errors are not OSError/ValueError
+        raise ValueError(
+            f"{file} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        ) from None
+
+
+def check_tensors(
+    file: Path, saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], why: str
+) -> None:
+    """Refuse ``saved`` unless it has exactly the names and shapes of ``expected``, naming the
+    missing, extra and mis-shaped tensors (a checkpoint loads whole or not at all: peft and
+    ``load_state_dict(strict=False)`` would otherwise leave random or zero weights in place)."""
+
+    def names(keys: list[str]) -> str:
+        more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+        return ", ".join(keys[:3]) + more
+
+    missing = sorted(set(expected) - set(saved))
+    extra = sorted(set(saved) - set(expected))
+    shapes = {
+        k: (tuple(saved[k].shape), tuple(expected[k].shape))
+        for k in sorted(set(saved) & set(expected))
+        if saved[k].shape != expected[k].shape
+    }
+    parts = []
+    if missing:
+        parts.append(f"missing {names(missing)}")
+    if extra:
+        parts.append(f"extra {names(extra)}")
+    if shapes:
+        parts.append(
+            "mis-shaped "
+            + names([f"{k} {list(got)} (model: {list(want)})" for k, (got, want) in shapes.items()])
+        )
+    if parts:
+        raise ValueError(f"{file} does not fit the model ({'; '.join(parts)}): {why}")
 
 
 def load_trainable(
-    path: str | Path, *, llm: str | None = None, is_trainable: bool = False
+    path: str | Path,
+    *,
+    llm: str | None = None,
+    is_trainable: bool = False,
+    llm_key: str = "job.llm",
 ) -> tuple[LiveModel, Any]:
     """Rebuild a model saved by ``save_trainable``: the base LLM from the saved ``llm`` (or the
-    ``llm`` given here, e.g. a local copy), the adapter through peft
-    ``PeftModel.from_pretrained`` and the connector from ``connector.safetensors``. Returns the
-    model in eval mode (train mode, adapters and connector trainable, with ``is_trainable``)."""
-    from peft import PeftModel
-    from safetensors.torch import load_file
+    ``llm`` given here, e.g. a local copy; ``llm_key`` names that setting in errors), the
+    adapter as peft ``get_peft_model`` with the saved ``adapter_config.json`` and the connector
+    from ``connector.safetensors``, each refused unless every tensor is there with its shape.
+    Returns the model in eval mode (train mode, adapters and connector trainable, with
+    ``is_trainable``)."""
+    from peft import (
+        PeftConfig,
+        get_peft_model,
+        get_peft_model_state_dict,
+        set_peft_model_state_dict,
+    )
 
     path = Path(path)
-    for name in (CONFIG_FILE, CONNECTOR_FILE, "adapter_config.json"):
+    for name in (CONFIG_FILE, CONNECTOR_FILE, "adapter_config.json", ADAPTER_FILE):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path} is not a LIVE checkpoint: {name} is missing")
     cfg = load_live_config(path)
+    origin = ""
     if llm is not None:
         cfg = replace(cfg, llm=llm)
-    tokenizer, base, ids = _load_base(cfg)
-    peft_llm = PeftModel.from_pretrained(base, str(path), is_trainable=is_trainable)
+    else:
+        origin = f" (the base LLM {path / CONFIG_FILE} names)"
+    tokenizer, base, ids = _load_base(cfg, llm_key=llm_key, origin=origin)
+    why = (
+        f"it was not saved from LoRA on {cfg.llm!r} ({llm_key}) with these settings, or it is"
+        " damaged, so it is refused whole"
+    )
+    lora = PeftConfig.from_pretrained(str(path))
+    lora.inference_mode = not is_trainable
+    peft_llm = get_peft_model(base, lora)
+    adapter = read_tensors(path / ADAPTER_FILE)
+    expected = get_peft_model_state_dict(peft_llm, save_embedding_layers=False)
+    check_tensors(path / ADAPTER_FILE, adapter, expected, why)
+    set_peft_model_state_dict(peft_llm, adapter)
     connector = _connector_for(cfg, base)
-    connector.load_state_dict(load_file(str(path / CONNECTOR_FILE)))
+    state = read_tensors(path / CONNECTOR_FILE)
+    check_tensors(path / CONNECTOR_FILE, state, connector.state_dict(), why)
+    connector.load_state_dict(state)
+    peft_llm.requires_grad_(False)
+    if is_trainable:
+        for name, p in peft_llm.named_parameters():
+            p.requires_grad_(".lora_" in name)
     connector.requires_grad_(is_trainable)
     model = LiveModel(cfg, peft_llm, connector, **ids)
     return (model.train() if is_trainable else model.eval()), tokenizer

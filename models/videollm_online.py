@@ -19,7 +19,14 @@ from typing import Any
 
 import torch
 
-from models.live import LiveConfig, LiveModel, _connector_for, _load_base
+from models.live import (
+    LiveConfig,
+    LiveModel,
+    _connector_for,
+    _load_base,
+    check_tensors,
+    read_tensors,
+)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -38,7 +45,10 @@ def resolve(ref: str | Path) -> Path:
     if path.is_dir():
         return path
     if str(ref).startswith(("/", ".", "~")) or str(ref).count("/") != 1:
-        raise FileNotFoundError(f"job.adapter={ref!r}: no such directory (or hub id org/name)")
+        what = "not a folder" if path.exists() else "no such folder"
+        raise FileNotFoundError(
+            f"job.adapter={ref!r}: {what} (set it to a checkpoint folder or a hub id org/name)"
+        )
     from huggingface_hub import snapshot_download
 
     try:
@@ -71,11 +81,9 @@ def variant_frame_tokens(name: str) -> int | None:
 
 def split_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``adapter_model.safetensors`` split into (LoRA tensors for peft, connector state dict)."""
-    from safetensors.torch import load_file
-
     lora: dict[str, torch.Tensor] = {}
     connector: dict[str, torch.Tensor] = {}
-    for key, value in load_file(str(path / ADAPTER_WEIGHTS)).items():
+    for key, value in read_tensors(path / ADAPTER_WEIGHTS).items():
         m = _CONNECTOR_KEY.search(key)
         if m:
             connector[f"{m.group(1)}.{m.group(2)}"] = value
@@ -109,7 +117,20 @@ def _check_saved_tokenizer(path: Path, cfg: LiveConfig, v_token_id: int) -> None
         return
     from transformers import AutoTokenizer
 
-    saved = AutoTokenizer.from_pretrained(str(path)).convert_tokens_to_ids(cfg.v_token)
+    try:
+        vocab = AutoTokenizer.from_pretrained(str(path)).get_vocab()
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"{path}: the saved tokenizer does not load ({type(e).__name__}:"
+            f" {' '.join(str(e).split())[:200]})"
+        ) from None
+    saved = vocab.get(cfg.v_token)
+    if saved is None:
+        raise ValueError(
+            f"{path}: the saved tokenizer has no {cfg.v_token} token, so it is not the tokenizer"
+            " this checkpoint was trained with; restore it, or remove the tokenizer files"
+            " (tokenizer*.json, special_tokens_map.json) to use the base LLM's tokenizer + <v>"
+        )
     if saved != v_token_id:
         raise ValueError(
             f"{path}: the saved tokenizer puts {cfg.v_token} at id {saved}, the base + <v> at"
@@ -123,12 +144,20 @@ def load_videollm_online(
     llm: str | None = None,
     frame_tokens: int | None = None,
     dtype: str = "auto",
+    llm_key: str = "job.llm",
 ) -> tuple[LiveModel, Any]:
     """Load one of their checkpoints (directory or hub id) onto the base LLM its
     ``adapter_config.json`` names (or ``llm``, e.g. a local copy). Tokens per frame come from
     the name (``v1plus`` / ``live1+`` = 10, ``v1`` / ``live1`` = 1), else from ``frame_tokens``
-    (the store's, when it is 1 or 10). Returns the model in eval mode and its tokenizer."""
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    (the store's, when it is 1 or 10). Every LoRA and connector tensor must be there with its
+    shape (else nothing loads); ``llm_key`` names the base-LLM setting in errors. Returns the
+    model in eval mode and its tokenizer."""
+    from peft import (
+        LoraConfig,
+        get_peft_model,
+        get_peft_model_state_dict,
+        set_peft_model_state_dict,
+    )
 
     path = resolve(ref)
     if not is_videollm_online(path):
@@ -148,7 +177,8 @@ def load_videollm_online(
         lora_targets=(str(raw["target_modules"]),),
         dtype=dtype,
     )
-    tokenizer, base, ids = _load_base(cfg)
+    origin = "" if llm else f" (the base LLM {path / ADAPTER_CONFIG} names)"
+    tokenizer, base, ids = _load_base(cfg, llm_key=llm_key, origin=origin)
     _check_saved_tokenizer(path, cfg, ids["v_token_id"])
     lora = LoraConfig(
         r=cfg.lora_r,
@@ -158,14 +188,19 @@ def load_videollm_online(
         task_type="CAUSAL_LM",
     )
     peft_llm = get_peft_model(base, lora)
-    result: Any = set_peft_model_state_dict(peft_llm, lora_state)
-    missing = [k for k in result.missing_keys if "lora_" in k]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"{path}: the adapter does not fit {cfg.llm!r}: missing {missing[:4]}, unexpected"
-            f" {list(result.unexpected_keys)[:4]}"
-        )
+    why = (
+        f"it is not a LoRA of {cfg.llm!r} ({llm_key}) in VideoLLM-online's layout, or it is"
+        " damaged, so it is refused whole"
+    )
+    expected = get_peft_model_state_dict(peft_llm, save_embedding_layers=False)
+    check_tensors(path / ADAPTER_WEIGHTS, lora_state, expected, why)
+    set_peft_model_state_dict(peft_llm, lora_state)
     connector = _connector_for(cfg, base)
+    conn_expected = {
+        f"base_model.model.connector.{k}": v for k, v in connector.state_dict().items()
+    }
+    conn_saved = {f"base_model.model.connector.{k}": v for k, v in conn_state.items()}
+    check_tensors(path / ADAPTER_WEIGHTS, conn_saved, conn_expected, why)
     connector.load_state_dict(conn_state)
     peft_llm.requires_grad_(False)
     connector.requires_grad_(False)

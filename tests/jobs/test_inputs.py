@@ -1,4 +1,5 @@
-"""One odd input never sinks the run: odd names, collisions, symlinks, unreadable folders."""
+"""One odd input never sinks the run: odd names, collisions, symlinks, unreadable folders,
+FIFOs, sockets and devices; a signal stops a run wherever it waits."""
 
 from __future__ import annotations
 
@@ -6,15 +7,21 @@ import glob
 import logging
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from cache import validate_video_id
+from cache import load_index, validate_video_id
 from extract.pipeline import VideoTask
 from extract.samples import unprivileged
 from jobs.inputs import glob_files, resolve_inputs
+from tests.jobs.cli import ROOT, make_videos, run_cli
 
 
 def resolve_videos(videos: str) -> list[VideoTask]:
@@ -127,3 +134,129 @@ def test_glob_mode_matches_what_glob_matches(tmp_path: Path) -> None:
         want = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
         got = sorted(glob_files(spec, tmp_path))
         assert got == want, pattern
+
+
+# --- inputs that are not files never hang (issue #22, item 8): real processes and signals ---
+
+
+def extract_args(videos: str, store: Path, model: Path) -> list[str]:
+    return [
+        "job=extract",
+        f"videos={videos}",
+        f"store={store}",
+        f"encoder.pretrained={model}",
+        "job.decode.fps=2",
+        "job.progress=false",
+    ]
+
+
+@pytest.mark.parametrize("mode", ["folder", "list", "glob"])
+def test_fifos_sockets_and_devices_are_skipped_unopened(
+    tmp_path: Path, tiny_siglip: Path, mode: str
+) -> None:
+    """Opening a FIFO blocks until a writer comes: the run must name it (and a socket, and a
+    device reached by a symlink) as skipped with the reason, and extract the real videos."""
+    videos = make_videos(tmp_path / "videos", 2, seconds=1.0)
+    specials = {
+        videos / "pipe.mp4": "a FIFO (named pipe)",
+        videos / "sock.mp4": "a socket",
+        videos / "null.mp4": "a character device",
+    }
+    os.mkfifo(videos / "pipe.mp4")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(videos / "sock.mp4"))
+    os.symlink("/dev/null", videos / "null.mp4")
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"videos/{p.name}\n" for p in sorted(videos.iterdir())))
+    arg = {"folder": str(videos), "list": str(listing), "glob": str(videos / "*.mp4")}[mode]
+    store = tmp_path / "s.zarr"
+    # Today's code opens the FIFO of a list and waits for ever: the timeout fails the test.
+    r = run_cli(*extract_args(arg, store, tiny_siglip), hydra_dir=tmp_path / "h", timeout=180)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out[-3000:]  # the skipped inputs count as failed
+    assert "Traceback" not in out
+    for path, kind in specials.items():
+        assert f"FAILED {path}: not a regular file: {kind} (skipped unopened)" in r.stdout, out
+    assert "2 done" in r.stdout, out
+    assert {v: e.status for v, e in load_index(store).videos.items()} == {
+        "v0": "done",
+        "v1": "done",
+    }
+
+
+def test_a_fifo_named_as_videos_is_one_error_line(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.mp4")
+    with pytest.raises(ValueError, match=r"is a FIFO \(named pipe\), not a video"):
+        resolve_inputs(str(tmp_path / "pipe.mp4"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_a_run_waiting_for_the_store_lock(
+    tmp_path: Path, tiny_siglip: Path, sig: signal.Signals
+) -> None:
+    """Another process holds the store's creation lock (a slow creator on shared storage, a
+    stuck one). The run waits for it inside the region where a signal only requests a stop; a
+    blocking flock would resume after the signal and wait for ever. SIGTERM (to the process)
+    and Ctrl-C (SIGINT to its process group, as a terminal sends it) must end it promptly with
+    the one line and 128+N."""
+    videos = make_videos(tmp_path / "videos", 1, seconds=1.0)
+    store = tmp_path / "s.zarr"
+    store.mkdir()
+    lock = store / ".create.lock"
+    hold = "import fcntl,os,sys,time;fd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT);"
+    hold += "fcntl.flock(fd,fcntl.LOCK_EX);print('held',flush=True);time.sleep(300)"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(lock)], stdout=subprocess.PIPE, text=True
+    )
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        *extract_args(str(videos), store, tiny_siglip),
+        f"hydra.run.dir={tmp_path / 'h'}",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc: subprocess.Popen[str] | None = None
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        wait_until_open(proc, lock)
+        time.sleep(0.5)  # now waiting for the lock
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        t0 = time.monotonic()
+        try:
+            stdout, stderr = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{sig.name} did not stop a run waiting for {lock}")
+        assert time.monotonic() - t0 < 10
+    finally:
+        for p in (proc, holder):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert proc.returncode == 128 + sig, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("interrupted:")]
+    assert lines == ["interrupted: committed 0 frames; rerun the same command to resume"], stderr
+    assert not (store / "zarr.json").exists()  # the holder's turn: nothing was created
+
+
+def wait_until_open(proc: subprocess.Popen[str], path: Path, timeout: float = 120) -> None:
+    """Until ``proc`` has ``path`` open (it opens the lock file just before locking it)."""
+    deadline = time.monotonic() + timeout
+    fds = Path(f"/proc/{proc.pid}/fd")
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        for fd in fds.iterdir() if fds.exists() else []:
+            try:
+                if os.readlink(fd) == str(path):
+                    return
+            except OSError:
+                continue
+        time.sleep(0.05)
+    raise AssertionError(f"the run never opened {path}")

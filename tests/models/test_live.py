@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from models.live import (
     LiveModel,
     build_live,
     live_loss,
+    load_checkpoint,
     load_trainable,
     save_trainable,
     trainable_parameters,
@@ -314,3 +316,40 @@ def test_learns_when_to_respond_from_features(tiny_llm: Path) -> None:
         want = [close if f in (k, N_FRAMES - 1) else comma for f in range(N_FRAMES)]
         assert row == want, (k, tok.convert_ids_to_tokens(row))
     assert len(set(events)) > 3  # the event frame really varies across held-out samples
+
+
+@pytest.mark.parametrize("file", ["adapter_model.safetensors", "connector.safetensors"])
+@pytest.mark.parametrize("edit", ["missing", "extra", "mis-shaped"])
+def test_a_partial_checkpoint_loads_not_at_all(
+    tiny_llm: Path, tmp_path: Path, file: str, edit: str
+) -> None:
+    """Today a missing or extra LoRA tensor loads silently (a random factor stays in place) and
+    a mis-shaped one is a RuntimeError; each must be a ValueError naming the tensor."""
+    from safetensors.torch import load_file, save_file
+
+    out = save_trainable(build_live(tiny_cfg(tiny_llm))[0], tmp_path / "ckpt")
+    tensors = load_file(str(out / file))
+    name = sorted(tensors)[-1]
+    if edit == "missing":
+        del tensors[name]
+    elif edit == "extra":
+        name = f"{name}_stray"
+        tensors[name] = torch.zeros(2)
+    else:
+        tensors[name] = torch.zeros(3, 5)
+    save_file(tensors, str(out / file))
+    with pytest.raises(ValueError, match=rf"{file} does not fit the model \({edit} {name}"):
+        load_trainable(out)
+
+
+def test_load_errors_name_the_setting_of_the_caller(tiny_llm: Path, tmp_path: Path) -> None:
+    """model.llm for build_live (job=train), job.llm for loading a checkpoint (eval, stream);
+    a local-looking path is 'no such folder', never a hub id."""
+    out = save_trainable(build_live(tiny_cfg(tiny_llm))[0], tmp_path / "ckpt")
+    for ref in ("./nope", "~/no/such/llm", str(tmp_path / "gone")):
+        with pytest.raises(FileNotFoundError, match=rf"^job\.llm='{re.escape(ref)}': no such"):
+            load_checkpoint(out, llm=ref)
+        with pytest.raises(FileNotFoundError, match=rf"^model\.llm='{re.escape(ref)}': no such"):
+            build_live(LiveConfig(llm=ref, vision_dim=D, frame_tokens=T))
+    with pytest.raises(FileNotFoundError, match=r"^job\.adapter='\./nope': no such folder"):
+        load_checkpoint("./nope")

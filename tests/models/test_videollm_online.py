@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from models.live import check_features, load_checkpoint
 from models.tiny import save_tiny_videollm_online
@@ -122,3 +123,24 @@ def test_a_mismatched_store_is_refused_naming_what_differs(ckpt: Path, tiny_llm:
     # live1 (CLS only) is told by the name.
     live1 = save_tiny_videollm_online(ckpt.parent / "videollm-online-tiny-v1", tiny_llm)
     assert load_checkpoint(live1)[0].frame_tokens == 1
+
+
+def test_a_saved_tokenizer_without_v_is_refused(ckpt: Path, tiny_llm: Path, tmp_path: Path) -> None:
+    """Their tokenizer carries ``<v>``; one without it is not theirs (today: 'at id None')."""
+    from transformers import AutoTokenizer
+
+    bad = Path(shutil.copytree(ckpt, tmp_path / "videollm-online-tiny-v1plus"))
+    AutoTokenizer.from_pretrained(tiny_llm).save_pretrained(bad)  # the base's: no <v>
+    with pytest.raises(ValueError, match=r"the saved tokenizer has no <v> token"):
+        load_checkpoint(bad)
+
+
+def test_a_mis_shaped_tensor_in_their_layout_is_refused_by_name(ckpt: Path, tmp_path: Path) -> None:
+    bad = Path(shutil.copytree(ckpt, tmp_path / "videollm-online-tiny-v1plus"))
+    tensors = load_file(str(bad / "adapter_model.safetensors"))
+    for key in ("base_model.model.lm_head.lora_A.weight", "base_model.model.connector.2.weight"):
+        tensors[key] = torch.zeros(3, 5)
+        save_file(tensors, str(bad / "adapter_model.safetensors"))
+        with pytest.raises(ValueError, match=rf"mis-shaped {key} \[3, 5\]"):
+            load_checkpoint(bad)
+        tensors = load_file(str(ckpt / "adapter_model.safetensors"))
