@@ -178,13 +178,13 @@ class EvalJob:
     def run(self) -> int:
         spec = self.spec
         store = open_store(spec.store)
-        # Results in the folder must come from this very evaluation (checked before any work).
-        claim_output(spec.output_dir, eval_identity(spec, store))
         if spec.data.is_benchmark:
             return self._run_benchmark(store)
         fps = store_fps(store)  # the rate the samples were aligned at
         samples = read_samples(spec.data, fps=fps)[: spec.max_samples]
         built = counts(StreamDataset(store, samples, encode=None))
+        # Results in the folder must come from this very evaluation (checked before any work).
+        claim_output(spec.output_dir, eval_identity(spec, store))
         for reason, n in sorted({**built["skipped"], **built["adjusted"]}.items()):
             print(f"eval: {n} x {reason}", file=sys.stderr)
         shards = self.launcher.shard_count
@@ -218,6 +218,7 @@ class EvalJob:
                 f"no {spec.data.format} question from {spec.data.annotations} has its video done"
                 f" in {spec.store}: nothing to evaluate"
             )
+        claim_output(spec.output_dir, eval_identity(spec, store))
         shards = self.launcher.shard_count
         print(
             f"eval: {len(found.samples)} questions, {shards} shard(s) -> {spec.output_dir}",

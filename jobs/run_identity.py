@@ -92,13 +92,13 @@ def _differences(old: Any, new: Any, where: str = "") -> list[str]:
 
 
 def claim_output(output_dir: str | Path, identity: dict[str, Any]) -> None:
-    """Record ``identity`` in a new (or empty) output folder, or check that the folder's
-    recorded run is this one. A folder with results but another identity, or results and no
-    record, is refused with a ValueError naming what differs."""
+    """Record ``identity`` in a folder without results, or check that the folder's recorded
+    run is this one. A folder with results but another identity, or results and no record, is
+    refused with a ValueError naming what differs."""
     out = Path(output_dir)
     path = out / RUN_FILE
     has_results = any((out / "results").glob("shard-*.jsonl"))
-    if path.exists():
+    if path.exists() and has_results:
         old = json.loads(path.read_text())
         # The checkpoint's name may change (a copied folder); its content may not.
         old.get("checkpoint", {}).pop("ref", None)

@@ -245,3 +245,36 @@ def test_coin_benchmarks_train_and_eval_on_slurm(
     left = json.loads((tmp_path / "local" / "summary.json").read_text())["metrics"]
     right = json.loads((tmp_path / "remote" / "summary.json").read_text())["metrics"]
     assert left == right
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist"),
+        ("{not json", "COIN.json"),
+        ('{"database": []}', "database"),
+        (
+            '{"database": {"a": {"subset": "testing", "annotation": [{"segment": [1]}]}}}',
+            "database.a: missing key",
+        ),
+    ],
+    ids=["missing-file", "not-json", "wrong-shape", "bad-entry"],
+)
+def test_an_annotation_problem_is_one_error_line(
+    coin: tuple[Path, Path], trained: Path, tmp_path: Path, content: str | None, message: str
+) -> None:
+    """A missing or malformed COIN.json stops before any model loads with one line naming the
+    file and the entry; the output folder gets no results, and a corrected rerun into it works."""
+    store, good = coin
+    ann = tmp_path / "COIN.json"
+    if content is not None:
+        ann.write_text(content)
+    out = tmp_path / "eval"
+    r = run_cli(
+        "job=eval", f"store={store}", "data=coin_benchmarks", f"data.annotations={ann}",
+        f"job.adapter={trained}", f"job.output_dir={out}", hydra_dir=tmp_path / "h",
+    )  # fmt: skip
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]
+    assert message in errors[0] and "Traceback" not in r.stderr
+    assert not list(out.glob("results/*.jsonl"))
