@@ -5,7 +5,7 @@ Imports nothing from the other streamfeat packages.
 """
 
 from cache.ids import validate_video_id, video_id_for
-from cache.journal import Index, VideoEntry, load_index, read_journal
+from cache.journal import Index, JournalDamageWarning, VideoEntry, load_index, read_journal
 from cache.launches import launch_folders, read_launches, record_launch, register_launch_folder
 from cache.layout import (
     StoreLayout,
@@ -13,10 +13,21 @@ from cache.layout import (
     journal_paths,
     lock_path,
     shard_dir,
+    shard_folders,
     shard_of_journal,
 )
 from cache.reader import Store, open_store
-from cache.segments import MissingDataError, adopt_segments, check_segment, unindexed_segments
+from cache.segments import (
+    DamagedDataError,
+    MissingDataError,
+    adopt_segments,
+    check_segment,
+    layout_mismatch,
+    piece_mismatches,
+    segment_attrs,
+    stray_entries,
+    unindexed_segments,
+)
 from cache.store import StoreMismatchError, init_store, read_store_attrs
 from cache.writer import (
     ShardLockedError,
@@ -29,7 +40,9 @@ from cache.writer import (
 )
 
 __all__ = [
+    "DamagedDataError",
     "Index",
+    "JournalDamageWarning",
     "MissingDataError",
     "ShardLockedError",
     "ShardWriter",
@@ -46,18 +59,23 @@ __all__ = [
     "journal_path",
     "journal_paths",
     "launch_folders",
+    "layout_mismatch",
     "load_index",
     "lock_path",
     "mark_damaged",
     "open_store",
+    "piece_mismatches",
     "read_journal",
     "read_launches",
     "read_store_attrs",
     "record_launch",
     "register_launch_folder",
+    "segment_attrs",
     "shard_dir",
+    "shard_folders",
     "shard_locked",
     "shard_of_journal",
+    "stray_entries",
     "unindexed_segments",
     "validate_video_id",
     "video_id_for",

@@ -44,6 +44,8 @@ class VideoEntry:
 
     @property
     def status(self) -> str:
+        """``done``, ``failed``, or ``damaged`` (its done attempt was marked damaged by
+        ``job=verify``: nothing to read, the next extract redoes it)."""
         return str(self.record["status"])
 
 
@@ -178,12 +180,12 @@ class _Collected(NamedTuple):
     problems: list[str]
     segments: dict[tuple[int, str], dict[str, Any]]
     sources: dict[tuple[str, str], dict[str, Any]]  # by (video_id, attempt)
-    damaged: set[tuple[str, str]]  # (video_id, attempt) marked damaged by verify
+    damaged: dict[tuple[str, str], dict[str, Any]]  # (video_id, attempt) -> its damage mark
 
 
 def _collect(journals: dict[int, list[dict[str, Any]]]) -> _Collected:
     """Group every shard's records by kind; a piece in an undeclared segment is a problem."""
-    c = _Collected({}, defaultdict(list), {}, defaultdict(list), [], {}, {}, set())
+    c = _Collected({}, defaultdict(list), {}, defaultdict(list), [], {}, {}, {})
     for shard, records in sorted(journals.items()):
         for r in records:
             if r.get("kind") == "segment" and isinstance(r.get("segment"), str):
@@ -215,7 +217,7 @@ def _collect_one(c: _Collected, shard: int, r: dict[str, Any], seen: set[tuple[s
         )  # fmt: skip
         c.piece_shard[key] = shard
     elif kind == "damaged":
-        c.damaged.add((r["video_id"], r["attempt"]))
+        c.damaged[(str(r["video_id"]), str(r["attempt"]))] = r
     elif kind == "start":
         c.sources[(r["video_id"], r["attempt"])] = r["source"]
     elif kind == "video":
@@ -228,13 +230,20 @@ def _choose(
     candidates: list[tuple[int, dict[str, Any]]],
     pieces: dict[tuple[str, str], list[Piece]],
     problems: list[str],
-    damaged: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
+    damaged: dict[tuple[str, str], dict[str, Any]] | None = None,
 ) -> VideoEntry | None:
-    """The newest done record whose frames are all committed, else the newest failure."""
+    """The newest done record whose frames are all committed and that is not marked damaged,
+    else the newest of a damaged done record (status ``damaged``) and a failure."""
+    damaged = damaged or {}
     if len(candidates) > 1:
         candidates.sort(key=lambda c: c[1]["committed_at"], reverse=True)
+    marked: tuple[int, dict[str, Any], dict[str, Any]] | None = None
     for shard, r in candidates:
-        if r["status"] != "done" or (video_id, r["attempt"]) in damaged:
+        if r["status"] != "done":
+            continue
+        mark = damaged.get((video_id, r["attempt"]))
+        if mark is not None:
+            marked = marked or (shard, r, mark)
             continue
         ps = pieces.get((video_id, r["attempt"]), [])
         if len(ps) > 1:
@@ -243,8 +252,16 @@ def _choose(
             return VideoEntry(video_id, shard, r, ps)
         problems.append(f"{video_id}: done record without its frames (attempt {r['attempt']})")
     failed = [c for c in candidates if c[1]["status"] == "failed"]
-    if failed:
-        shard, r = max(failed, key=lambda c: c[1]["committed_at"])
+    newest_failed = max(failed, key=lambda c: c[1]["committed_at"]) if failed else None
+    if marked is not None and (
+        newest_failed is None or marked[1]["committed_at"] >= newest_failed[1]["committed_at"]
+    ):
+        shard, r, mark = marked
+        why = mark.get("why") or "marked damaged"
+        record = {**r, "status": "damaged", "error": f"damaged: {why}", "damaged": mark}
+        return VideoEntry(video_id, shard, record, [])
+    if newest_failed is not None:
+        shard, r = newest_failed
         return VideoEntry(video_id, shard, r, [])
     return None
 
@@ -263,8 +280,8 @@ def build_index(journals: dict[int, list[dict[str, Any]]]) -> Index:
 
     partial: dict[str, Partial] = {}
     for (video_id, attempt), ps in c.pieces.items():
-        if (video_id, attempt) in finished_attempts:
-            continue
+        if (video_id, attempt) in finished_attempts or (video_id, attempt) in c.damaged:
+            continue  # a damaged attempt is not resumed from: its video restarts
         entry = videos.get(video_id)
         if entry is not None and entry.status == "done":
             continue

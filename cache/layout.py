@@ -5,6 +5,7 @@ The whole on-disk layout, with a picture, is in docs/cache.md.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -87,3 +88,42 @@ def journal_paths(root: Path) -> dict[int, Path]:
 
 def segment_name(seq: int) -> str:
     return f"seg-{seq:06d}"
+
+
+_SHARD_NAME = re.compile(r"[0-9]{5,}")
+_SEGMENT_NAME = re.compile(r"seg-([0-9]{6,})")  # as segment_name makes them
+# What a shard folder holds besides its segments (staging folders are a writer's work).
+SHARD_FILES = frozenset({"zarr.json", ".lock", "damaged.jsonl"})
+
+
+def segment_seq(name: str) -> int | None:
+    """The sequence number of a segment folder's name (``None``: not a segment's name)."""
+    m = _SEGMENT_NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def shard_folders(root: Path) -> tuple[dict[int, Path], list[Path]]:
+    """The shard folders of the store at ``root`` by shard number, and what else is in
+    ``shards/`` (a stray file or folder: named by ``job=verify``, never read as a shard)."""
+    folders: dict[int, Path] = {}
+    strays: list[Path] = []
+    base = root / "shards"
+    for child in sorted(base.iterdir()) if base.is_dir() else []:
+        if child.name == "zarr.json":
+            continue
+        if (
+            _SHARD_NAME.fullmatch(child.name)
+            and child.name == f"{int(child.name):05d}"  # as shard_dir names it
+            and child.is_dir()
+            and not child.is_symlink()
+        ):
+            folders[int(child.name)] = child
+        else:
+            strays.append(child)
+    return folders, strays
+
+
+def damaged_path(root: Path, shard: int) -> Path:
+    """A copy of shard ``shard``'s damage marks, kept beside its segments so that a rebuilt
+    journal keeps them (the journal's own ``damaged`` lines are the ones readers use)."""
+    return shard_dir(root, shard) / "damaged.jsonl"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,37 @@ import numpy as np
 
 from cache.journal import Index, VideoEntry, load_index
 from cache.layout import shard_dir
-from cache.segments import require_files
+from cache.segments import DamagedDataError, checksum, read_attrs, require_files
 from cache.store import read_store_attrs
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """One opened segment: its tokens array, its (checked) pts, its per-chunk checksums."""
+
+    path: Path
+    tokens: Any  # a zarr array
+    pts: np.ndarray
+    chunk_frames: int = 0
+    chunk_sums: tuple[int, ...] = ()  # empty: written before per-chunk checksums
+
+    def read_tokens(self, rows: slice) -> np.ndarray:
+        """Rows of the tokens; each run of ``chunk_frames`` rows a read touches must have the
+        crc32c it was written with (a file swapped with another of the same size passes Zarr's
+        own per-chunk check, which knows nothing of positions)."""
+        if not self.chunk_sums:
+            return np.asarray(self.tokens[rows])
+        c = self.chunk_frames
+        lo, hi = rows.start // c * c, min(len(self.pts), -(-rows.stop // c) * c)
+        data = np.asarray(self.tokens[lo:hi])
+        for at in range(lo, hi, c):
+            if checksum(data[at - lo : at - lo + c]) != self.chunk_sums[at // c]:
+                raise DamagedDataError(
+                    f"{self.path / 'tokens'}: rows {at}..{min(at + c, hi)} are not the data "
+                    "written there (crc32c differs: a chunk file swapped, replaced or corrupt); "
+                    "job=verify job.mark_damaged=true marks its videos to redo"
+                )
+        return data[rows.start - lo : rows.stop - lo]
 
 
 class Store:
@@ -30,7 +60,7 @@ class Store:
 
     def refresh(self) -> None:
         self.index = load_index(self.root)
-        self._array.cache_clear()
+        self._segment.cache_clear()
 
     def video_ids(self, status: str | None = None) -> list[str]:
         """Every indexed video id (done and failed), sorted; ``status`` filters."""
@@ -45,8 +75,10 @@ class Store:
     def info(self, video_id: str) -> dict[str, Any]:
         """The index record of a video plus where its frames are (``pieces``).
 
-        Keys include ``video_id``, ``source_path``, ``status`` (``"done"``/``"failed"``),
-        ``error`` (``None`` unless failed), ``num_frames``, ``fps``, ``duration_seconds``.
+        Keys include ``video_id``, ``source_path``, ``status`` (``"done"``, ``"failed"``, or
+        ``"damaged"``: marked by ``job=verify``, to be redone by the next extract), ``error``
+        (``None`` unless failed or damaged: why), ``num_frames``, ``fps``,
+        ``duration_seconds``; a damaged video's ``damaged`` holds its mark.
         """
         e = self._entry(video_id)
         info = {k: v for k, v in e.record.items() if k not in ("kind",)}
@@ -66,16 +98,42 @@ class Store:
         return self.read(video_id, tokens=False)[1]
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - one Store per process, bounded cache
-    def _array(self, path: str, strict: bool = True) -> Any:
-        """A segment array, once its segment's files are all there: a missing file is an error
+    def _segment(self, shard: int, segment: str) -> _Segment:
+        """A segment, once its files are all there: a missing file is an error
         (:class:`cache.MissingDataError`), never Zarr's fill value. Each chunk carries a crc32c
-        that Zarr checks on every read. Segments written before checksums (``strict=False``)
-        may lack all-fill chunks legitimately (Zarr did not write them) and are not checked."""
+        that Zarr checks on every read; the pts are checked whole against the journal, and the
+        tokens a read touches against the per-chunk checksums of the segment's attributes, so
+        data moved from elsewhere is an error too (:class:`cache.DamagedDataError`). Segments
+        written before checksums may lack all-fill chunks legitimately (Zarr did not write
+        them) and are read unchecked."""
         import zarr
 
-        if strict:
-            require_files((self.root / path).parent)
-        return zarr.open_array(self.root / path, mode="r")
+        path = shard_dir(self.root, shard) / segment
+        record = self.index.segments.get((shard, segment), {})
+        sums = record.get("crc32c")
+        if sums is None:
+            tok = zarr.open_array(path / "tokens", mode="r")
+            return _Segment(path, tok, np.asarray(zarr.open_array(path / "pts", mode="r")[...]))
+        require_files(path)
+        tok = zarr.open_array(path / "tokens", mode="r")
+        pts = np.asarray(zarr.open_array(path / "pts", mode="r")[...])
+        if checksum(pts) != sums["pts"]:
+            raise DamagedDataError(
+                f"{path / 'pts'}: not the data written there (crc32c differs from the journal's: "
+                "a file swapped, replaced or corrupt); job=verify names its videos"
+            )
+        try:
+            chunks = read_attrs(path).get("chunks")
+        except (OSError, ValueError) as e:
+            raise DamagedDataError(f"{path / 'zarr.json'}: the segment's attributes are "
+                                   f"unreadable ({type(e).__name__}: {e})") from None  # fmt: skip
+        if not chunks:  # written before per-chunk checksums
+            return _Segment(path, tok, pts)
+        c, chunk_sums = int(chunks["frames"]), tuple(int(x) for x in chunks["tokens_crc32c"])
+        if c < 1 or len(chunk_sums) != -(-len(pts) // c) or tok.shape[0] != len(pts):
+            raise DamagedDataError(f"{path / 'zarr.json'}: per-chunk checksums do not fit the "
+                                   f"segment's {len(pts)} frames")  # fmt: skip
+        return _Segment(path, tok, pts, c, chunk_sums)
 
     def read(
         self,
@@ -103,12 +161,11 @@ class Store:
             lo, hi = max(start, p.video_start), min(stop, p.video_start + p.frames)
             if lo >= hi:
                 continue
-            base = f"{shard_dir(Path(), p.shard).as_posix()}/{p.segment}"
             rows = slice(p.segment_start + lo - p.video_start, p.segment_start + hi - p.video_start)
-            strict = "crc32c" in self.index.segments.get((p.shard, p.segment), {})
+            seg = self._segment(p.shard, p.segment)
             if tokens:
-                toks.append(self._array(f"{base}/tokens", strict)[rows])
-            pts.append(self._array(f"{base}/pts", strict)[rows])
+                toks.append(seg.read_tokens(rows))
+            pts.append(seg.pts[rows])
         lay = self.layout
         shape = (0, lay["tokens_per_frame"], lay["dim"])
         dtype = np.uint16 if lay["dtype"] == "bfloat16" else np.float16

@@ -23,8 +23,14 @@ from typing import Any
 import numpy as np
 
 from cache.journal import append_records, load_index, read_journal
-from cache.layout import StoreLayout, journal_path, lock_path, segment_name, shard_dir
-from cache.segments import adopt_segments, checksum
+from cache.layout import StoreLayout, journal_path, lock_path, segment_name, segment_seq, shard_dir
+from cache.segments import (
+    adopt_segments,
+    checksum,
+    chunk_checksums,
+    features_digest,
+    write_marks,
+)
 from cache.store import read_store_attrs
 
 log = logging.getLogger(__name__)
@@ -74,6 +80,7 @@ class ShardWriter:
         self.shard = shard
         attrs = read_store_attrs(self.root)
         self.layout = StoreLayout.from_dict(attrs["layout"])
+        self._features = features_digest(attrs["features"])
         self.commit_interval_s = commit_interval_s
         self.dir = shard_dir(self.root, shard)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -87,8 +94,11 @@ class ShardWriter:
         # Damaged lines dropped (their videos are redone), unjournalled segments re-indexed.
         self.repairs = adopt_segments(self.root, shard)
         records = read_journal(self.journal)
-        committed = {r["segment"] for r in records if r.get("kind") == "segment"}
-        self._next_seq = 1 + max((int(s.split("-")[1]) for s in committed), default=-1)
+        # Past every segment name, journalled or on disk (a kept folder is never written over).
+        names = [r["segment"] for r in records if r.get("kind") == "segment"]
+        names += [c.name for c in self.dir.iterdir()]
+        seqs = [q for q in map(segment_seq, names) if q is not None]
+        self._next_seq = 1 + max(seqs, default=-1)
         self._partial = {
             vid: p for vid, p in load_index(self.root).partial.items() if p.shard == shard
         }
@@ -260,6 +270,7 @@ class ShardWriter:
             for g in groups
             if not g.started and g.source is not None
         ]
+        chunk = min(lay.chunk_frames, n)
         segment = {
             "kind": "segment",
             "segment": seg,
@@ -273,6 +284,11 @@ class ShardWriter:
             "segment": {k: v for k, v in segment.items() if k not in ("kind", "segment")},
             "starts": [{k: v for k, v in r.items() if k != "kind"} for r in starts],
             "videos": [{k: v for k, v in r.items() if k != "kind"} for r in finals],
+            # Which store's features these are (a segment of another encoder is refused).
+            "features_sha256": self._features,
+            # crc32c of each run of ``frames`` rows: the reader checks the runs it reads, so a
+            # file swapped with another of the same size is an error, not wrong numbers.
+            "chunks": {"frames": chunk, "tokens_crc32c": chunk_checksums(tokens, chunk)},
         }
         staging = self.dir / f".staging-{seg}-{uuid.uuid4().hex[:8]}"
         try:
@@ -292,7 +308,7 @@ class ShardWriter:
 
         lay, n = self.layout, len(tokens)
         group = zarr.open_group(staging, mode="w", zarr_format=3, attributes=attrs)  # type: ignore[arg-type]
-        chunk = min(lay.chunk_frames, n)
+        chunk = attrs["chunks"]["frames"]
         shard = min(lay.file_frames, -(-n // chunk) * chunk)
         arr = group.create_array(
             "tokens",
@@ -446,15 +462,19 @@ def holding_shard(root: str | Path, shard: int) -> Iterator[None]:
         os.close(fd)
 
 
-def mark_damaged(root: str | Path, shard: int, attempts: dict[str, str], why: str) -> None:
-    """Journal that these videos' attempts (video id -> attempt) are damaged: the index no
-    longer counts them done, so the next extract redoes exactly those."""
+def mark_damaged(
+    root: str | Path, shard: int, attempts: dict[str, str], why: str | dict[str, str]
+) -> None:
+    """Journal that these videos' attempts (video id -> attempt) are damaged (``why``: one
+    reason, or one per video id): the index no longer counts them done (their status reads
+    ``damaged``), so the next extract redoes exactly those. A copy is kept beside the shard's
+    segments, so the marks survive a rebuilt journal. Raises :class:`ShardLockedError` while a
+    writer holds the shard."""
     now = time.time()
+    marks = [
+        {"kind": "damaged", "video_id": v, "attempt": a,
+         "why": why if isinstance(why, str) else why[v], "at": now}
+        for v, a in attempts.items()
+    ]  # fmt: skip
     with holding_shard(root, shard):
-        append_records(
-            journal_path(Path(root), shard),
-            [
-                {"kind": "damaged", "video_id": v, "attempt": a, "why": why, "at": now}
-                for v, a in attempts.items()
-            ],
-        )
+        write_marks(Path(root), shard, marks)

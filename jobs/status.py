@@ -32,7 +32,7 @@ def store_status(store: str | Path) -> dict[str, Any]:
     shards: dict[int, dict[str, Any]] = {}
     for e in index.videos.values():
         s = shards.setdefault(e.shard, {"done": 0, "failed": 0, "frames": 0})
-        s[e.status] += 1
+        s[e.status] = s.get(e.status, 0) + 1  # done, failed or damaged
         s["frames"] += int(e.record.get("num_frames", 0)) if e.status == "done" else 0
     for shard, journal in journal_paths(root).items():
         runs = [r for r in read_journal(journal) if r.get("kind") == "run"]
@@ -56,6 +56,12 @@ def store_status(store: str | Path) -> dict[str, Any]:
         "in_progress": {v: p.frames for v, p in index.partial.items()},
         "failures": {
             v: str(e.record.get("error")) for v, e in index.videos.items() if e.status == "failed"
+        },
+        # Marked damaged by job=verify job.mark_damaged=true: not readable, redone next extract.
+        "damaged": {
+            v: str(e.record["damaged"].get("why"))
+            for v, e in index.videos.items()
+            if e.status == "damaged"
         },
         "shards": shards,
         "problems": index.problems,
@@ -139,24 +145,33 @@ def launched_status(root: Path, launches: list[dict[str, Any]]) -> dict[str, Any
         "frames": 0,
         "in_progress": {},
         "failures": {},
+        "damaged": {},
         "shards": shards,
         "problems": [],
         "source_changed": {},
     }
 
 
+def _damaged_count(s: dict[str, Any]) -> str:
+    return f", {len(s['damaged'])} damaged" if s.get("damaged") else ""
+
+
 def format_status(s: dict[str, Any]) -> str:
     f = s["features"]
-    features = (
-        f"features: {f['encoder']['type']} {f['weights']} @ {f['fps']} fps, "
-        f"{f['tokens_per_frame']} x {f['dim']} {f['dtype']}"
-        if f is not None
-        else "features: (no task has started writing yet)"
-    )
+    try:
+        features = (
+            f"features: {f['encoder']['type']} {f['weights']} @ {f['fps']} fps, "
+            f"{f['tokens_per_frame']} x {f['dim']} {f['dtype']}"
+            if f is not None
+            else "features: (no task has started writing yet)"
+        )
+    except (KeyError, TypeError):  # a store made by other code: its features as recorded
+        features = f"features: {json.dumps(f, default=str)}"
     lines = [
         f"store: {s['store']}",
         features,
-        f"videos: {s['videos']} indexed: {s['done']} done, {s['failed']} failed; "
+        f"videos: {s['videos']} indexed: {s['done']} done, {s['failed']} failed"
+        f"{_damaged_count(s)}; "
         f"{s['frames']} frames ({s['frames_per_second']} frames/s from the current run's start "
         f"to its last commit); {len(s['in_progress'])} in progress",
     ]
@@ -179,14 +194,17 @@ def format_status(s: dict[str, Any]) -> str:
             sl = st["slurm"]
             why = f" ({sl['reason']})" if sl.get("reason") not in (None, "", "None") else ""
             state += f", SLURM job {sl['job_id']} {sl['state']}{why}"
+        damaged = f", {st['damaged']} damaged" if st.get("damaged") else ""
         lines.append(
-            f"  shard {shard:5d}: {st['done']} done, {st['failed']} failed, "
+            f"  shard {shard:5d}: {st['done']} done, {st['failed']} failed{damaged}, "
             f"{st['frames']} frames, {state}{age}"
         )
     for vid, frames in sorted(s["in_progress"].items()):
         lines.append(f"  IN PROGRESS {vid}: {frames} frames committed")
     for vid, why in sorted(s["failures"].items()):
         lines.append(f"  FAILED {vid}: {why}")
+    for vid, why in sorted(s.get("damaged", {}).items()):
+        lines.append(f"  DAMAGED {vid}: {why} (not readable; the next job=extract redoes it)")
     for vid, why in sorted(s.get("source_changed", {}).items()):
         lines.append(f"  SOURCE CHANGED {vid}: {why} (its features are of the old file)")
     for p in s["problems"]:
@@ -195,7 +213,9 @@ def format_status(s: dict[str, Any]) -> str:
 
 
 class StatusJob:
-    """``python run.py job=status store=...`` (``json=true`` prints machine-readable JSON)."""
+    """``python run.py job=status store=...`` (``json=true`` prints machine-readable JSON);
+    exit status 1 if any video failed, is marked damaged, or has a changed source, or the
+    index has problems."""
 
     def __init__(self, *, store: str, json: bool = False) -> None:
         self.store = store
@@ -204,4 +224,4 @@ class StatusJob:
     def run(self) -> int:
         s = store_status(self.store)
         print(json.dumps(s, indent=1, default=str) if self.as_json else format_status(s))
-        return 1 if s["failed"] or s["problems"] or s["source_changed"] else 0
+        return 1 if s["failed"] or s["problems"] or s["source_changed"] or s["damaged"] else 0

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -203,7 +202,7 @@ def test_kill_9_never_leaves_a_partial_video_done(tmp_path: Path) -> None:
         while done_lines() <= before and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(delay)
-        os.kill(p.pid, signal.SIGKILL)
+        p.kill()  # SIGKILL
         p.join()
         s = open_store(root)
         done = s.video_ids(status="done")
