@@ -15,8 +15,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cache import ShardLockedError
 from extract.encoders import EncoderLoadError
-from jobs import signals
 from jobs.config import check_keys  # importing jobs registers the settings nodes conf/ names
+from jobs.launch import signals
 
 # What a wrong path, setting or checkpoint raises: reported as one line, not a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (

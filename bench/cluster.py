@@ -37,15 +37,15 @@ def make_inputs(out: Path, n: int, seconds: float) -> Path:
 
 def launcher_for(name: str, workers: int, store: Path) -> Any:
     if name == "local":
-        from jobs.launchers import LocalLauncher
+        from jobs.launch.launchers import LocalLauncher
 
         return LocalLauncher(workers=workers, shards=workers)
     if name == "ray":
-        from jobs.ray_launcher import RayLauncher
+        from jobs.launch.ray_launcher import RayLauncher
 
         return RayLauncher(shards=2, num_cpus=workers)
     if name == "slurm":
-        from jobs.slurm import SlurmLauncher
+        from jobs.launch.slurm import SlurmLauncher
 
         return SlurmLauncher(
             folder=str(store / "logs" / "slurm"),

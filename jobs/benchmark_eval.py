@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from cache import Store, open_store, read_journal
 from data import BenchmarkDataset, BenchmarkSample, BenchmarkSet, read_benchmarks
-from jobs.report import read_results
+from jobs.results import read_results
 
 if TYPE_CHECKING:
-    from jobs.eval import EvalSpec
+    from jobs.eval_spec import EvalSpec
 
 COIN_ORDER = ("step", "task", "next", "procedure", "taskprocedure")
 COIN_HEADERS = {
@@ -64,7 +64,8 @@ def build(spec: EvalSpec, store: Store) -> BenchmarkSet:
 
 def _load(spec: EvalSpec) -> tuple[Any, Any, BenchmarkSet, BenchmarkDataset]:
     from extract.encoders import hub_access
-    from models.live import check_features, load_checkpoint
+    from models.checkpoints import load_checkpoint
+    from models.live import check_features
 
     assert spec.adapter  # checked by EvalSpec
     store = open_store(spec.store)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.benchmark_eval import COIN_HEADERS, COIN_ORDER
-from jobs.report import read_results
+from jobs.results import read_results
 
 PREDICTIONS_PAGE = "predictions.html"
 _STYLE = (

@@ -33,12 +33,12 @@ from extract.pipeline import (
     FrameSource,
     VideoTask,
 )
-from jobs import signals
 from jobs.extract_ray import RayExtraction
 from jobs.inputs import resolve_inputs
-from jobs.launchers import Launcher
+from jobs.launch import signals
+from jobs.launch.launchers import Launcher
+from jobs.launch.ray_launcher import RayLauncher
 from jobs.provenance import provenance
-from jobs.ray_launcher import RayLauncher
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def run_shard(
     layout = spec.store_layout(enc.tokens_per_frame, enc.dim)
     prov = {**provenance(), "encoder": enc.provenance, "autocast": enc.autocast}
     # From here on a signal only requests a stop: the pipeline stops taking work and the
-    # writer commits what it holds on the way out (jobs/signals.py).
+    # writer commits what it holds on the way out (jobs/launch/signals.py).
     with signals.deferred():
         tally = _Tally(result, _progress(len(todo), shard, shard_count, enabled=spec.progress))
         try:

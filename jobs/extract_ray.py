@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -34,10 +34,20 @@ from extract.pipeline import (
     probe_record,
 )
 from extract.pipeline import open_reader as open_frame_reader
-from jobs.ray_launcher import RayLauncher, cause_of, import_ray, remote
+from jobs.launch.ray_launcher import RayLauncher, cause_of, import_ray, remote
 
-if TYPE_CHECKING:
-    from jobs.extract import ExtractSpec
+
+class RaySpec(Protocol):
+    """What the Ray design needs of an extraction's settings (``jobs.extract.ExtractSpec`` is
+    one), so this module does not import the extract job that uses it."""
+
+    @property
+    def encoder(self) -> Any: ...
+    @property
+    def encode_threads(self) -> int | None: ...
+    @property
+    def decode(self) -> DecodeOptions: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +366,7 @@ class RayExtraction:
         self,
         launcher: RayLauncher,
         fn: Callable[..., R],
-        spec: ExtractSpec,
+        spec: RaySpec,
         shard_count: int,
         shards: Sequence[int],
     ) -> list[R | None]:
@@ -373,7 +383,7 @@ class RayExtraction:
             )
 
     @contextlib.contextmanager
-    def start(self, launcher: RayLauncher, spec: ExtractSpec) -> Iterator[dict[str, Any]]:
+    def start(self, launcher: RayLauncher, spec: RaySpec) -> Iterator[dict[str, Any]]:
         """Ray up and the encoder actors loaded: yields ``run_shard``'s ``encoder`` and ``source``.
 
         Waits until every actor has loaded the model, so a bad checkpoint fails here with the
@@ -410,7 +420,7 @@ class RayExtraction:
             finally:
                 _kill(ray, actors)
 
-    def _check_spec(self, spec: ExtractSpec) -> None:
+    def _check_spec(self, spec: RaySpec) -> None:
         if spec.decode.device != "cpu":
             raise ValueError(
                 "job.decode.device must be cpu with launcher=ray (decode tasks request no GPU)"

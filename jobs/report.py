@@ -12,19 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cache import read_journal
+from jobs.results import read_results
 
 MAX_TIMELINES = 12
-
-
-def read_results(output_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """Every sample's result in an eval run, merged over its shards' ``results/shard-*.jsonl``:
-    by sample id, in the order first seen; a later line of the same sample replaces an earlier."""
-    records: dict[str, dict[str, Any]] = {}
-    for path in sorted((Path(output_dir) / "results").glob("shard-*.jsonl")):
-        for r in read_journal(path):
-            records[r["sample_id"]] = r
-    return records
 
 
 def reply_times(record: dict[str, Any], fps: float) -> tuple[list[float], list[float]]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from cache import Store
 
 if TYPE_CHECKING:
-    from jobs.eval import EvalSpec
+    from jobs.eval_spec import EvalSpec
 
 RUN_FILE = "run.json"
 _CHUNK = 1 << 20

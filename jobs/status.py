@@ -105,7 +105,7 @@ def _with_slurm_states(
 ) -> dict[int, dict[str, Any]]:
     """``shards`` with each one's SLURM job and state, for the current layout's shards only (a
     rerun with fewer shards leaves the older, larger layout's out)."""
-    from jobs.slurm import slurm_states
+    from jobs.launch.slurm import slurm_states
 
     count = launches[-1].get("shard_count")
     if count is not None:

@@ -21,7 +21,7 @@ import torch
 from cache import open_store
 from extract.encoders import EncoderConfig
 from extract.frames import DecodeOptions
-from jobs import signals
+from jobs.launch import signals
 
 WINDOW_FRAMES = 256  # frames read from the store at a time (never the whole video)
 FeaturesDtype = Literal["float16", "bfloat16", "float32"]
@@ -362,7 +362,8 @@ class StreamJob:
         """Load the encoder (``video=``) and the checkpoint, check they fit; returns the frames
         (a lazy iterator) and the streaming session."""
         from extract.encoders import hub_access
-        from models.live import check_features, load_checkpoint
+        from models.checkpoints import load_checkpoint
+        from models.live import check_features
         from models.streaming import StreamingSession
 
         spec = self.spec

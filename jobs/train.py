@@ -28,7 +28,7 @@ from cache import Store, open_store, read_store_attrs
 from data import DataConfig, build_dataset
 from data.benchmarks import stored_frames
 from extract.encoders import autocast_context
-from jobs.launchers import Launcher
+from jobs.launch.launchers import Launcher
 from models.collate import batch_loss, collate
 from models.live import LiveConfig, build_live, save_trainable, trainable_parameters
 from models.prompt import IGNORE_INDEX, encode_conversation

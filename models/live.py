@@ -404,28 +404,6 @@ def check_features(model: LiveModel, tokens_per_frame: int, dim: int, source: st
         )
 
 
-def load_checkpoint(
-    ref: str | Path,
-    *,
-    llm: str | None = None,
-    frame_tokens: int | None = None,
-    llm_key: str = "job.llm",
-) -> tuple[LiveModel, Any]:
-    """A checkpoint for inference, in either layout: ours (``save_trainable``) or
-    VideoLLM-online's released one (a directory or a hub id; ``frame_tokens``: the store's
-    tokens per frame, used when the checkpoint's name does not tell): models.videollm_online.
-    It loads whole or not at all: missing, extra or mis-shaped tensors are refused, naming them;
-    errors name ``job.adapter`` and ``llm_key`` (the setting that overrides the base LLM)."""
-    from models.videollm_online import is_videollm_online, load_videollm_online, resolve
-
-    path = Path(ref).expanduser()
-    if not (path / CONFIG_FILE).is_file():
-        path = resolve(ref)
-        if is_videollm_online(path):
-            return load_videollm_online(ref, llm=llm, frame_tokens=frame_tokens, llm_key=llm_key)
-    return load_trainable(path, llm=llm, llm_key=llm_key)
-
-
 def read_tensors(file: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors ``file``; a damaged file is a ``ValueError`` naming it."""
     from safetensors.torch import load_file

@@ -1,7 +1,8 @@
-"""Hydra finds launcher plugins only under ``hydra_plugins``; the logic lives in jobs/sweep.py."""
+"""Hydra finds launcher plugins only under ``hydra_plugins``; the logic lives in
+jobs/launch/sweep.py."""
 
-from jobs import sweep
+from jobs.launch import sweep
 
 
 class CheckedSlurmSweepLauncher(sweep.CheckedSlurmSweepLauncher):
-    """``hydra/launcher=slurm``: see jobs/sweep.py."""
+    """``hydra/launcher=slurm``: see jobs/launch/sweep.py."""

@@ -11,7 +11,7 @@ import pytest
 from cache import open_store
 from data import DataConfig, read_benchmarks
 from jobs.eval import EvalJob
-from jobs.launchers import LocalLauncher
+from jobs.launch.launchers import LocalLauncher
 from models.coin_metrics import score_coin
 from tests.jobs.cli import run_cli
 from tests.jobs.test_train import make_store

@@ -13,7 +13,7 @@ import pytest
 
 from data import DataConfig
 from jobs.eval import EvalJob, merge
-from jobs.launchers import LocalLauncher
+from jobs.launch.launchers import LocalLauncher
 from jobs.report import ReportJob
 from jobs.train import train_rank
 from tests.jobs.cli import run_cli

@@ -26,7 +26,7 @@ from extract.pipeline import DecodeOptions, OpenedVideo, VideoTask  # noqa: E402
 from extract.samples import make_video, read_indices  # noqa: E402
 from jobs.extract import ExtractJob, ExtractSpec, ShardResult, run_shard  # noqa: E402
 from jobs.extract_ray import RayExtraction, RaySource, decode_range  # noqa: E402
-from jobs.ray_launcher import RayLauncher  # noqa: E402
+from jobs.launch.ray_launcher import RayLauncher  # noqa: E402
 from jobs.verify import verify_store  # noqa: E402
 from tests.jobs.cli import ROOT, run_cli  # noqa: E402
 
@@ -92,7 +92,7 @@ def test_cli_ray_matches_local_bit_for_bit(tmp_path: Path, tiny_siglip: Path) ->
 def test_missing_ray_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from jobs.ray_launcher import import_ray
+    from jobs.launch.ray_launcher import import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
     with pytest.raises(ImportError, match=r"pip install 'ray=="):
@@ -105,7 +105,7 @@ def test_launcher_protocol_and_config() -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from jobs.launchers import Launcher
+    from jobs.launch.launchers import Launcher
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", ["launcher=ray", "job.ray.encoder_actors=3", "store=y", "videos=x"])
@@ -278,7 +278,7 @@ def test_without_a_ray_design_shard_tasks_decode_and_encode_themselves(
 ) -> None:
     """``job.ray=null``: each shard task runs the whole pipeline in its own Ray worker (no
     actors, no decode tasks) and the store is the same as with local shards."""
-    from jobs.launchers import LocalLauncher
+    from jobs.launch.launchers import LocalLauncher
 
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -1,4 +1,4 @@
-"""Signals on one machine, with real processes and real signals (jobs/signals.py)."""
+"""Signals on one machine, with real processes and real signals (jobs/launch/signals.py)."""
 
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from jobs import slurm_cluster as cluster
-from jobs.slurm import Watch
+from jobs.launch import slurm_cluster as cluster
+from jobs.launch.slurm import Watch
 
 
 def test_array_rows_expand_to_tasks() -> None:
@@ -35,7 +35,7 @@ def test_a_reason_that_never_clears_fails_fast_naming_the_key(
     rows = {"9_0": {"state": "PENDING", "reason": "PartitionTimeLimit", "queued": True}}
     monkeypatch.setattr(cluster, "array_states", lambda ids: rows)
     cancelled: list[Any] = []
-    monkeypatch.setattr("jobs.slurm.subprocess.run", lambda cmd, **kw: cancelled.append(cmd))
+    monkeypatch.setattr("jobs.launch.slurm.subprocess.run", lambda cmd, **kw: cancelled.append(cmd))
     launcher = type("L", (), {"store": None, "poll_s": 0.01})()
     watch = Watch(launcher, "9", {0: FakeJob("9_0", tmp_path)}, [0])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"PartitionTimeLimit.*launcher\.timeout_min"):

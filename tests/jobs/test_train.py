@@ -17,7 +17,7 @@ import torch
 from cache import ShardWriter, StoreLayout, init_store, open_store
 from data import DataConfig, StreamDataset, StreamTurn, read_samples, store_fps
 from extract.samples import make_video
-from jobs.launchers import LocalLauncher
+from jobs.launch.launchers import LocalLauncher
 from jobs.train import DataContent, TrainSpec, check_resume, train_rank
 from models.live import LiveConfig, build_live, load_trainable
 from models.prompt import encode_conversation

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from data import AssistantTurn, Conversation, StreamTurn, UserTurn
+from models.checkpoints import load_checkpoint
 from models.live import (
     LiveConfig,
     LiveModel,
     build_live,
     live_loss,
-    load_checkpoint,
     load_trainable,
     save_trainable,
     trainable_parameters,

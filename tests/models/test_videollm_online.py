@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from models.live import check_features, load_checkpoint
+from models.checkpoints import load_checkpoint
+from models.live import check_features
 from models.tiny import save_tiny_videollm_online
 
 FRAMES, TOKENS, WIDTH = 3, 10, 1024

@@ -22,8 +22,8 @@ from typing import Any, Protocol, TypeVar
 import submitit
 
 from cache import load_index, read_launches, record_launch
-from jobs import signals
-from jobs import slurm_cluster as cluster
+from jobs.launch import signals
+from jobs.launch import slurm_cluster as cluster
 
 R = TypeVar("R")
 

@@ -17,7 +17,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from jobs import signals
+from jobs.launch import signals
 
 R = TypeVar("R")
 

@@ -21,7 +21,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import open_dict
 
-from jobs import slurm_cluster as cluster
+from jobs.launch import slurm_cluster as cluster
 
 
 class CheckedSlurmSweepLauncher(SlurmLauncher):
@@ -89,7 +89,7 @@ POLL_S = 2.0  # the sweep's driver checks the array this often (one squeue call)
 
 @dataclass
 class _Driver:
-    """The sweep's side of ``jobs.slurm.Watch`` (no store: a sweep point has its own)."""
+    """The sweep's side of ``jobs.launch.slurm.Watch`` (no store: a sweep point has its own)."""
 
     folder: str
     poll_s: float = POLL_S
@@ -108,14 +108,15 @@ class _Ended:
 
 @contextlib.contextmanager
 def watched(folder: str) -> Iterator[None]:
-    """Make hydra-submitit-launcher's wait the one ``launcher=slurm`` has (``jobs.slurm.Watch``):
-    the sweep's array is polled as a whole, pending reasons and state changes are printed, a
-    reason that never clears cancels it, Ctrl-C detaches, and a task that ended without a result
-    (cancelled, timed out, killed) becomes a failed point instead of a wait and a traceback. The
-    launcher calls ``executor.map_array`` then ``job.results()``; the wait goes in between."""
+    """Make hydra-submitit-launcher's wait the one ``launcher=slurm`` has
+    (``jobs.launch.slurm.Watch``): the sweep's array is polled as a whole, pending reasons and
+    state changes are printed, a reason that never clears cancels it, Ctrl-C detaches, and a
+    task that ended without a result (cancelled, timed out, killed) becomes a failed point
+    instead of a wait and a traceback. The launcher calls ``executor.map_array`` then
+    ``job.results()``; the wait goes in between."""
     import submitit
 
-    from jobs.slurm import Watch
+    from jobs.launch.slurm import Watch
 
     original = submitit.AutoExecutor.map_array
 
