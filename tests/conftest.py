@@ -46,8 +46,11 @@ def s3_server() -> Iterator[str]:
     """A real S3 API (moto's server) on a free port of 127.0.0.1 for the session: its endpoint
     and test keys go into ``os.environ`` (writers in subprocesses inherit them), restored and
     the server stopped at the end."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not one line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
