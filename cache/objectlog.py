@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -150,12 +151,12 @@ class Lease:
         ttl_s: float = LEASE_TTL_S,
         break_lease: bool = False,
         stop_check: Callable[[], None] | None = None,
-        say: Callable[[str], None] = log.warning,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         if ttl_s <= 0:
             raise ValueError(f"lease ttl_s must be > 0, got {ttl_s}")
         self.storage, self.shard, self.ttl_s = storage, shard, ttl_s
-        self.break_lease, self.say = break_lease, say
+        self.break_lease, self.say = break_lease, say or _say
         self.stop_check = stop_check or (lambda: None)
         self.key = lease_key(shard)
         self.owner = uuid.uuid4().hex[:12]
@@ -251,6 +252,11 @@ class Lease:
             except StorageError as e:  # it lapses on its own
                 log.warning("shard %d: lease not released: %s", self.shard, e)
         self._version = None
+
+
+def _say(message: str) -> None:
+    """A wait the user must see (it may last the lease's ttl), whatever logging is set up."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _parse(data: bytes) -> dict[str, Any]:

@@ -222,6 +222,26 @@ def _object_segment(url: str, shard: int, segment: str, record: dict[str, Any]) 
     return _Segment(where, tok, pts, c, chunk_sums)
 
 
+def check_object_segment(
+    url: str, shard: int, segment: str, record: dict[str, Any], layout: dict[str, Any],
+    window: int = 1024,
+) -> list[str]:
+    """Problems of one committed segment on object storage (``job=verify``): its files (one
+    list), its metadata against the index and the layout, the checksums of its data."""
+    try:
+        seg = _object_segment(url, shard, segment, record)
+        n = int(record["frames"])
+        want = (n, int(layout["tokens_per_frame"]), int(layout["dim"]))
+        if tuple(seg.tokens.shape) != want:
+            return [f"metadata: tokens {seg.tokens.shape}; the index says {want}"]
+        crc = 0
+        for lo in range(0, n, window):
+            crc = checksum(seg.tokens[lo : lo + window], crc)
+    except Exception as e:  # noqa: BLE001 - any failure here is a finding
+        return [str(e) if isinstance(e, DamagedDataError) else f"{type(e).__name__}: {e}"]
+    return [] if crc == record["crc32c"]["tokens"] else ["checksum mismatch in tokens"]
+
+
 def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     """bfloat16 stored as uint16 bit patterns -> float32 (exact)."""
     return (bits.astype(np.uint32) << 16).view(np.float32)

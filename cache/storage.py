@@ -262,7 +262,9 @@ class ObjectStorage(Storage):
     def _call(self, what: str, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(self.store, *args, **kwargs)
-        except FileNotFoundError:
+        except FileNotFoundError as e:
+            if "NoSuchBucket" in str(e):
+                raise StorageError(describe_error(self.url, what, key, e)) from None
             raise
         except Exception as e:
             if type(e).__name__ in ("AlreadyExistsError", "PreconditionError"):

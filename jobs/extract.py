@@ -20,9 +20,13 @@ from cache import (
     disk_full,
     fingerprint,
     init_store,
+    is_url,
     load_index,
     read_store_attrs,
+    store_exists,
 )
+from cache.objectlog import LEASE_TTL_S
+from cache.storage import check_conditional_writes, open_storage
 from extract.encoders import Encoder, EncoderConfig, build_encoder, describe
 from extract.frames import stream_duration
 from extract.pipeline import (
@@ -69,6 +73,10 @@ class ExtractSpec:
     commit_interval_s: float = ShardWriter.COMMIT_INTERVAL_S
     retry_failed: bool = True  # a rerun retries videos that failed before
     progress: bool = True
+    # store on object storage only (docs/object-storage.md): a shard's lease lapses after this
+    # long without a heartbeat; break_lease takes a dead writer's lease without waiting
+    lease_ttl_s: float = LEASE_TTL_S
+    break_lease: bool = False
     # launcher=ray only: how extraction uses the cluster (docs/ray.md); None = each shard task
     # decodes and encodes in its own process, as with the other launchers
     ray: RayExtraction | None = field(default_factory=RayExtraction)
@@ -83,6 +91,8 @@ class ExtractSpec:
             raise ValueError(f"job.encode_threads must be >= 0 or null, got {self.encode_threads}")
         if self.commit_interval_s < 0:
             raise ValueError(f"job.commit_interval_s must be >= 0, got {self.commit_interval_s}")
+        if self.lease_ttl_s <= 0:
+            raise ValueError(f"job.lease_ttl_s must be > 0, got {self.lease_ttl_s}")
         store = Path(self.store).expanduser()
         if store.exists() and not store.is_dir():
             raise ValueError(f"store={self.store!r} is a file, not a store folder")
@@ -179,10 +189,9 @@ def compute_kind(cfg: EncoderConfig) -> dict[str, str]:
 def check_store_settings(spec: ExtractSpec) -> None:
     """Refuse a run whose settings differ from an existing store's, before anything is skipped:
     one error naming the setting (the encoder's weights are compared once it is loaded)."""
-    root = Path(spec.store)
-    if not (root / "zarr.json").is_file():
+    if not store_exists(spec.store):
         return
-    stored = read_store_attrs(root)["features"]
+    stored = read_store_attrs(spec.store)["features"]
     run = {
         "encoder": describe(spec.encoder),
         "fps": spec.decode.fps,
@@ -207,8 +216,7 @@ def check_store_settings(spec: ExtractSpec) -> None:
 
 def indexed_videos(store: str | Path) -> dict[str, VideoEntry]:
     """The store's index entries by video id (none before the store exists)."""
-    root = Path(store)
-    return load_index(root).videos if (root / "zarr.json").exists() else {}
+    return load_index(store).videos if store_exists(store) else {}
 
 
 def shard_todo(
@@ -269,7 +277,13 @@ def run_shard(
                 stop_check=signals.check,  # a signal stops a wait for the creation lock
             )
             with ShardWriter(
-                spec.store, shard, commit_interval_s=spec.commit_interval_s, provenance=prov
+                spec.store,
+                shard,
+                commit_interval_s=spec.commit_interval_s,
+                provenance=prov,
+                lease_ttl_s=spec.lease_ttl_s,
+                break_lease=spec.break_lease,
+                stop_check=signals.check,  # a signal stops a wait for a lapsing lease
             ) as writer:
                 # Re-read under the shard's lock: another run may have just finished some.
                 todo = shard_todo(spec, shard, shard_count)[0]
@@ -370,6 +384,8 @@ class ExtractJob:
         self.launcher = launcher
         self.videos = videos
         self.spec = ExtractSpec(**settings)
+        if is_url(self.spec.store):  # credentials, bucket, endpoint, conditional writes
+            check_conditional_writes(open_storage(self.spec.store))
 
     def run(self) -> int:
         summary = self.execute()
@@ -460,7 +476,7 @@ def summarize(
             failures[v.video_id] = f"{e.record.get('source_path')}: {e.record.get('error')}"
     rejected = dict(rejected or {})
     return {
-        "store": str(Path(store).absolute()),
+        "store": store if is_url(store) else str(Path(store).absolute()),
         "videos": len(inputs) + len(rejected),
         "done": done,
         "skipped": skipped,
