@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -37,6 +38,7 @@ from extract.pipeline import (
     FrameSource,
     VideoTask,
 )
+from extract.remote import Prefetcher, RemoteOptions
 from jobs import signals
 from jobs.extract_ray import RayExtraction
 from jobs.inputs import resolve_inputs
@@ -77,6 +79,8 @@ class ExtractSpec:
     # long without a heartbeat; break_lease takes a dead writer's lease without waiting
     lease_ttl_s: float = LEASE_TTL_S
     break_lease: bool = False
+    # videos on object storage: prefetch, scratch folder and cap, timeouts (extract.remote)
+    remote: RemoteOptions = field(default_factory=RemoteOptions)
     # launcher=ray only: how extraction uses the cluster (docs/ray.md); None = each shard task
     # decodes and encodes in its own process, as with the other launchers
     ray: RayExtraction | None = field(default_factory=RayExtraction)
@@ -276,17 +280,21 @@ def run_shard(
                 provenance=prov,
                 stop_check=signals.check,  # a signal stops a wait for the creation lock
             )
-            with ShardWriter(
-                spec.store,
-                shard,
-                commit_interval_s=spec.commit_interval_s,
-                provenance=prov,
-                lease_ttl_s=spec.lease_ttl_s,
-                break_lease=spec.break_lease,
-                stop_check=signals.check,  # a signal stops a wait for a lapsing lease
-            ) as writer:
+            with (
+                contextlib.ExitStack() as stack,
+                ShardWriter(
+                    spec.store,
+                    shard,
+                    commit_interval_s=spec.commit_interval_s,
+                    provenance=prov,
+                    lease_ttl_s=spec.lease_ttl_s,
+                    break_lease=spec.break_lease,
+                    stop_check=signals.check,  # a signal stops a wait for a lapsing lease
+                ) as writer,
+            ):
                 # Re-read under the shard's lock: another run may have just finished some.
                 todo = shard_todo(spec, shard, shard_count)[0]
+                prefetch = stack.enter_context(Prefetcher(todo, spec.remote))
                 pipe = ExtractPipeline(
                     enc,
                     _FingerprintedSink(writer, todo),
@@ -297,6 +305,7 @@ def run_shard(
                     on_event=tally,
                     source=source,
                     stop_check=signals.check,
+                    fetch=prefetch.fetch,
                 )
                 pipe.run(todo)
         except signals.StopRequested as stop:
@@ -320,16 +329,16 @@ class _FingerprintedSink:
 
     def __init__(self, writer: ShardWriter, tasks: Sequence[VideoTask]) -> None:
         self.writer = writer
-        self.paths = {t.video_id: t.path for t in tasks}
+        self.tasks = {t.video_id: t for t in tasks}
         self.write, self.finish, self.fail = writer.write, writer.finish, writer.fail
 
     def start(self, video_id: str) -> int:
-        path = self.paths[video_id]
+        path, remote = self.tasks[video_id].path, self.tasks[video_id].remote
         try:
-            source = fingerprint(path)
+            source = remote.fingerprint() if remote else fingerprint(path)  # {size, etag, url}
         except OSError:
             source = None  # unreadable: the decoder says why
-        if source is not None and (duration := stream_duration(path)) is not None:
+        if not remote and source is not None and (duration := stream_duration(path)) is not None:
             source["duration_seconds"] = duration  # a re-cut replacement of the same size
         start = self.writer.start(video_id, source=source)
         if video_id in self.writer.restarted:
@@ -403,7 +412,7 @@ class ExtractJob:
     def execute(self) -> dict[str, Any] | None:
         """Run the extraction; the summary (``None`` when the launcher only submitted)."""
         t0, submitted_at = time.perf_counter(), time.time()
-        found = resolve_inputs(self.videos, self.spec.videos_root)
+        found = resolve_inputs(self.videos, self.spec.videos_root, self.spec.remote)
         inputs = found.tasks
         spec = replace(self.spec, videos=tuple(inputs))
         check_store_settings(spec)  # before any decision to skip
@@ -444,6 +453,10 @@ class ExtractJob:
         encode; elsewhere (or ``job.ray=null``) each shard does both in its own process."""
         fn = functools.partial(run_shard, spec)
         if spec.ray is not None and isinstance(self.launcher, RayLauncher):
+            if any(v.remote for v in spec.videos):  # its decode tasks open task.path directly
+                raise ValueError(
+                    "videos on object storage need each shard to fetch its own: add job.ray=null"
+                )
             return spec.ray.run(self.launcher, fn, spec, shards, pending)
         return self.launcher.run(fn, shards, pending)
 
