@@ -74,9 +74,9 @@ def read_records(storage: Storage) -> dict[int, list[dict[str, Any]]]:
         parts = key.split("/")
         if len(parts) != 3 or not parts[1].startswith("shard-"):
             continue
-        num, shard = _number(key), parts[1][len("shard-") :]
-        if num is not None and shard.isdigit():
-            keys.append((int(shard), num, key))
+        num, digits = _number(key), parts[1][len("shard-") :]
+        if num is not None and digits.isdigit():
+            keys.append((int(digits), num, key))
     keys.sort()
     out: dict[int, list[dict[str, Any]]] = {}
     for (shard, _, key), data in zip(keys, storage.get_many([k for *_, k in keys]), strict=True):

@@ -27,9 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 OBJECT_SCHEMES = ("s3", "gs", "az", "abfs", "abfss")
+Keys = list[str]  # (``Storage.list`` shadows the builtin in the class body)
+Blobs = list[bytes | None]
 
 
 class StorageError(OSError):
@@ -46,8 +48,10 @@ class Version:
 
 def is_url(location: str | Path) -> bool:
     """Whether ``location`` names an object store (``s3://``, ``gs://``, ``az://``...)."""
-    return isinstance(location, str) and location.split("://", 1)[0] in OBJECT_SCHEMES and (
-        "://" in location
+    return (
+        isinstance(location, str)
+        and location.split("://", 1)[0] in OBJECT_SCHEMES
+        and ("://" in location)
     )
 
 
@@ -87,7 +91,7 @@ class Storage(abc.ABC):
         """An object's bytes and version, or ``None`` when it does not exist."""
 
     @abc.abstractmethod
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str) -> Keys:
         """Every key under ``prefix`` (a folder-like prefix ending in ``/``), sorted."""
 
     @abc.abstractmethod
@@ -103,7 +107,7 @@ class Storage(abc.ABC):
     def zarr_store(self, prefix: str, *, read_only: bool) -> Any:
         """A Zarr store rooted at ``prefix`` (for a segment's arrays)."""
 
-    def get_many(self, keys: list[str]) -> list[bytes | None]:
+    def get_many(self, keys: Keys) -> Blobs:
         """The bytes of several objects (``None`` for a missing one), fetched concurrently."""
         if len(keys) < 2:
             return [None if (g := self.get(k)) is None else g[0] for k in keys]
@@ -180,7 +184,7 @@ class LocalStorage(Storage):
             return None
         return data, Version(f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}")
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str) -> Keys:
         base = self._path(prefix)
         if not base.is_dir():
             return []
@@ -255,7 +259,9 @@ class ObjectStorage(Storage):
         if url.startswith("s3://") and endpoint.startswith("http://"):
             options["allow_http"] = True  # a local S3-compatible server (MinIO, Ceph, moto)
         try:
-            return from_url(url, client_options=options, retry_config=self._retry)
+            return from_url(
+                url, client_options=cast(Any, options), retry_config=cast(Any, self._retry)
+            )
         except Exception as e:  # noqa: BLE001 - a malformed URL or configuration
             raise StorageError(f"cannot use store={url}: {_one_line(e)}") from None
 
@@ -305,7 +311,7 @@ class ObjectStorage(Storage):
             return None
         return data, Version(str(r.meta["e_tag"]))
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str) -> Keys:
         import obstore
 
         stream = self._call("list", prefix, obstore.list, prefix=prefix.rstrip("/") or None)

@@ -44,7 +44,6 @@ from cache import (
 )
 from cache.objectlog import collect_garbage, read_records, segment_names
 from cache.reader import check_object_segment
-from extract.remote import remote_changed
 from jobs.extract import expected_frames
 
 NOT_CHECKSUMMED = "not checksummed"
@@ -82,8 +81,6 @@ def source_changed(record: dict[str, Any], *, content: bool = True) -> str | Non
     """Why a done video's source differs from when it was extracted (None: same or unknown).
     ``content=False`` compares size and mtime only (a stat, no read: for ``job=status``)."""
     old, path = record.get("source"), record.get("source_path")
-    if isinstance(old, dict) and "etag" in old:  # on object storage: asked there (not by status)
-        return remote_changed(old) if content else None
     if not old or not path or not Path(path).is_file():
         return None
     new = fingerprint(path, content=content)
@@ -162,18 +159,18 @@ def verify_store(
         for vid, part in s.index.partial.items():  # a resume would build on these frames
             for p in part.pieces:
                 users[(p.shard, p.segment)].add(vid)
-        remote = isinstance(s.root, str)  # object storage: records are whole and immutable
-        pieces = {} if remote else _journal_pieces(s.root)
+        root = s.root  # a folder, or a URL (object storage: records are whole and immutable)
+        pieces = {} if isinstance(root, str) else _journal_pieces(root)
         for (shard, seg), rec in sorted(s.index.segments.items()):
-            if remote:
-                issues = check_object_segment(s.root, shard, seg, rec, s.layout)
+            if isinstance(root, str):
+                issues = check_object_segment(root, shard, seg, rec, s.layout)
                 for vid in sorted(users[(shard, seg)]):
                     problems[vid] += [f"shard {shard} {seg}: {i}" for i in issues]
                 if not users[(shard, seg)]:
                     notes += [f"shard {shard} {seg}: {i} (no indexed video reads this)"
                               for i in issues]  # fmt: skip
                 continue
-            path = shard_dir(s.root, shard) / seg
+            path = shard_dir(root, shard) / seg
             issues = []
             for issue in check_segment(path, rec, s.layout):
                 if issue.startswith(NOT_CHECKSUMMED):
