@@ -223,7 +223,11 @@ def _object_segment(url: str, shard: int, segment: str, record: dict[str, Any]) 
 
 
 def check_object_segment(
-    url: str, shard: int, segment: str, record: dict[str, Any], layout: dict[str, Any],
+    url: str,
+    shard: int,
+    segment: str,
+    record: dict[str, Any],
+    layout: dict[str, Any],
     window: int = 1024,
 ) -> list[str]:
     """Problems of one committed segment on object storage (``job=verify``): its files (one
