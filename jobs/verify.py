@@ -44,6 +44,7 @@ from cache import (
 )
 from cache.objectlog import collect_garbage, read_records, segment_names
 from cache.reader import check_object_segment
+from extract.remote import remote_changed
 from jobs.extract import expected_frames
 
 NOT_CHECKSUMMED = "not checksummed"
@@ -81,6 +82,8 @@ def source_changed(record: dict[str, Any], *, content: bool = True) -> str | Non
     """Why a done video's source differs from when it was extracted (None: same or unknown).
     ``content=False`` compares size and mtime only (a stat, no read: for ``job=status``)."""
     old, path = record.get("source"), record.get("source_path")
+    if isinstance(old, dict) and "etag" in old:  # on object storage: asked there (not by status)
+        return remote_changed(old) if content else None
     if not old or not path or not Path(path).is_file():
         return None
     new = fingerprint(path, content=content)
