@@ -223,7 +223,8 @@ def list_objects(url: str, extensions: Iterable[str], opts: RemoteOptions) -> li
 
 
 def _etag(meta: Any) -> str:
-    return str(meta.get("e_tag") or meta.get("version") or meta.get("last_modified"))
+    """The object's ETag ("" where the server gives none: a plain web server may not)."""
+    return str(meta.get("e_tag") or "")
 
 
 def head_objects(urls: Sequence[str], opts: RemoteOptions) -> dict[str, RemoteObject | str]:
@@ -304,7 +305,8 @@ def download(obj: RemoteObject, dest: Path, opts: RemoteOptions) -> None:
     store, key = store_for(obj.url, opts)
     try:
         try:
-            got = obstore.get(store, key, options={"if_match": obj.etag})
+            # without an ETag (a plain web server), only the size is checked after
+            got = obstore.get(store, key, options={"if_match": obj.etag} if obj.etag else None)
         except PreconditionError:
             now = _etag(obstore.head(store, key))
             raise ValueError(
