@@ -27,10 +27,9 @@ def store_status(store: str | Path) -> dict[str, Any]:
     writer started, only the launched shards and their SLURM states."""
     remote = is_url(store)
     root: str | Path = str(store).rstrip("/") if remote else Path(store)
-    # Launch records live in a launcher's folder, registered in a local store (not on s3://).
-    launches = [] if remote else read_launches(root)
+    launches = read_launches(root)  # in launchers' folders, registered in the store
     if launches and not store_exists(root):
-        return launched_status(Path(root), launches)
+        return launched_status(root, launches)
     attrs = read_store_attrs(root)
     index = load_index(root)
     by_status = Counter(e.status for e in index.videos.values())
@@ -146,11 +145,11 @@ def _journals(root: str | Path) -> dict[int, list[dict[str, Any]]]:
     return {shard: read_journal(path) for shard, path in journal_paths(root).items()}
 
 
-def launched_status(root: Path, launches: list[dict[str, Any]]) -> dict[str, Any]:
+def launched_status(root: str | Path, launches: list[dict[str, Any]]) -> dict[str, Any]:
     """Status of a store whose tasks were submitted but none has started writing yet."""
     shards = _with_slurm_states({}, launches)
     return {
-        "store": str(root.absolute()),
+        "store": root if isinstance(root, str) else str(root.absolute()),
         "frames_per_second": None,
         "features": None,
         "videos": 0,

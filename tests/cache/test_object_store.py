@@ -230,3 +230,19 @@ def test_a_writer_stopped_past_its_lease_is_fenced(s3_bucket: str, tmp_path: Pat
     assert s.video_ids() == ["v1", "v2"]
     for v, n in [(1, 8), (2, 5)]:
         np.testing.assert_array_equal(s.read(f"v{v}")[0], frames(v, 0, n)[0])
+
+
+def test_launch_records_of_a_bucket_store_are_found_from_the_bucket(
+    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cache import launch_folders, read_launches, record_launch
+
+    monkeypatch.chdir(tmp_path)
+    store = f"{s3_bucket}/s.zarr"
+    folder = tmp_path / "logs" / "slurm"
+    record_launch(folder, {"job_id": "7", "submitted_at": 1.0}, store=store)
+    record_launch(folder, {"job_id": "8", "submitted_at": 2.0}, store=store)  # registered once
+    assert launch_folders(store) == [folder]
+    assert [r["job_id"] for r in read_launches(store)] == ["7", "8"]
+    assert len(open_storage(store).list("launch_folders/")) == 1
+    assert not any(tmp_path.glob("s3*"))  # no local folder named after the URL
