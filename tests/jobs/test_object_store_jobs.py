@@ -129,3 +129,44 @@ def test_storage_errors_are_one_line_before_any_work(
     assert "cannot reach http://127.0.0.1:" in dead and "AWS_ENDPOINT_URL" in dead
     denied = _refused(tmp_path / "c", f"{s3_bucket}/x.zarr", auth_server)
     assert "access denied" in denied and "AWS_ACCESS_KEY_ID" in denied
+
+
+@pytest.mark.slow  # a Ray cluster's start-up: about 1-2 min on 2 busy cores
+def test_ray_shard_writers_share_nothing_but_the_bucket(
+    tmp_path: Path, tiny_siglip: Path, s3_bucket: str
+) -> None:
+    """launcher=ray with its default design (decode tasks, encoder actors): shard writers run in
+    Ray workers and commit to the bucket; the store reads back whole."""
+    import logging
+
+    import ray
+
+    from cache.objectlog import read_records
+    from cache.storage import open_storage
+    from extract.encoders import SiglipConfig
+    from extract.samples import make_video
+    from jobs.extract import ExtractJob
+    from jobs.ray_launcher import RayLauncher
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(3):
+        make_video(videos / f"v{i}.mp4", seconds=1.0, width=64, height=48)
+    store = f"{s3_bucket}/ray.zarr"
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        summary = ExtractJob(
+            videos=str(videos),
+            store=store,
+            encoder=SiglipConfig(pretrained=str(tiny_siglip)),
+            launcher=RayLauncher(shards=2),
+            progress=False,
+        ).execute()
+    finally:
+        ray.shutdown()
+    assert summary is not None and summary["done"] == 3 and not summary["failed"], summary
+    runs = [r for rs in read_records(open_storage(store)).values() for r in rs if r["kind"] == "run"]
+    assert len(runs) == 2 and all(r["pid"] != os.getpid() for r in runs)  # Ray workers wrote
+    s = open_store(store)
+    assert s.video_ids(status="done") == ["v0", "v1", "v2"]
+    assert all(s.read(v)[0].shape[0] == 2 for v in s.video_ids())
