@@ -165,7 +165,8 @@ def test_ray_shard_writers_share_nothing_but_the_bucket(
     finally:
         ray.shutdown()
     assert summary is not None and summary["done"] == 3 and not summary["failed"], summary
-    runs = [r for rs in read_records(open_storage(store)).values() for r in rs if r["kind"] == "run"]
+    journals = read_records(open_storage(store)).values()
+    runs = [r for records in journals for r in records if r["kind"] == "run"]
     assert len(runs) == 2 and all(r["pid"] != os.getpid() for r in runs)  # Ray workers wrote
     s = open_store(store)
     assert s.video_ids(status="done") == ["v0", "v1", "v2"]
