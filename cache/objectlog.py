@@ -116,13 +116,21 @@ class RecordLog:
         :class:`ShardFencedError` when the number is taken: another writer holds the shard."""
         if not records:
             return
-        if self.storage.create(record_key(self.shard, self.next), _encode(records)) is None:
+        key, payload = record_key(self.shard, self.next), _encode(records)
+        if self.storage.create(key, payload) is None and not self._ours(key, payload):
             raise ShardFencedError(
                 f"shard {self.shard} of {self.storage.url}: another writer took this shard over "
                 f"(journal record {self.next} exists; this writer's lease had lapsed): this "
                 "writer stops, its uncommitted work is discarded"
             )
         self.next += 1
+
+
+    def _ours(self, key: str, payload: bytes) -> bool:
+        """Whether a refused record holds exactly what this writer sent: a retried write whose
+        first answer was lost (the record then stands; the writer is not fenced)."""
+        got = self.storage.get(key)
+        return got is not None and got[0] == payload
 
 
 def _encode(records: list[dict[str, Any]]) -> bytes:
