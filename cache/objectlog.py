@@ -125,7 +125,6 @@ class RecordLog:
             )
         self.next += 1
 
-
     def _ours(self, key: str, payload: bytes) -> bool:
         """Whether a refused record holds exactly what this writer sent: a retried write whose
         first answer was lost (the record then stands; the writer is not fenced)."""
