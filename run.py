@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from cache import ShardLockedError
+from cache import ShardFencedError, ShardLockedError, StorageError
 from extract.encoders import EncoderLoadError
 from jobs.config import check_keys  # importing jobs registers the settings nodes conf/ names
 from jobs.launch import signals
@@ -24,6 +24,8 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     FileNotFoundError,
     EncoderLoadError,
     ShardLockedError,
+    ShardFencedError,  # another writer took the shard over: this one stopped
+    StorageError,  # wrong credentials, no bucket, unreachable endpoint, no conditional writes
     OmegaConfBaseException,  # a missing required value (store=), a failed interpolation
 )
 

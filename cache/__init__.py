@@ -1,7 +1,8 @@
 """The feature cache: a Zarr v3 store of per-frame tokens plus a journalled index.
 
 Everything other packages need about a store's layout is exported here (docs/cache.md).
-Imports nothing from the other streamfeat packages.
+A store is a folder or an object-storage URL (``s3://``, ``gs://``, ``az://``): see
+docs/object-storage.md. Imports nothing from the other streamfeat packages.
 """
 
 from cache.ids import validate_video_id, video_id_for
@@ -16,6 +17,7 @@ from cache.layout import (
     shard_folders,
     shard_of_journal,
 )
+from cache.objectlog import ShardFencedError
 from cache.reader import Store, open_store
 from cache.segments import (
     DamagedDataError,
@@ -28,7 +30,8 @@ from cache.segments import (
     stray_entries,
     unindexed_segments,
 )
-from cache.store import StoreMismatchError, init_store, read_store_attrs
+from cache.storage import StorageError, is_url, open_storage
+from cache.store import StoreMismatchError, init_store, read_store_attrs, store_exists
 from cache.writer import (
     ShardLockedError,
     ShardWriter,
@@ -44,8 +47,10 @@ __all__ = [
     "Index",
     "JournalDamageWarning",
     "MissingDataError",
+    "ShardFencedError",
     "ShardLockedError",
     "ShardWriter",
+    "StorageError",
     "Store",
     "StoreLayout",
     "StoreMismatchError",
@@ -56,6 +61,7 @@ __all__ = [
     "fingerprint",
     "holding_shard",
     "init_store",
+    "is_url",
     "journal_path",
     "journal_paths",
     "launch_folders",
@@ -63,6 +69,7 @@ __all__ = [
     "load_index",
     "lock_path",
     "mark_damaged",
+    "open_storage",
     "open_store",
     "piece_mismatches",
     "read_journal",
@@ -75,6 +82,7 @@ __all__ = [
     "shard_folders",
     "shard_locked",
     "shard_of_journal",
+    "store_exists",
     "stray_entries",
     "unindexed_segments",
     "validate_video_id",

@@ -292,8 +292,17 @@ def build_index(journals: dict[int, list[dict[str, Any]]]) -> Index:
     return Index(videos, partial, c.runs, c.problems, c.segments)
 
 
-def load_index(root: Path) -> Index:
-    """Read every shard journal under ``root/index`` and resolve them into one index."""
+def load_index(root: str | Path) -> Index:
+    """Read every shard journal under ``root/index`` and resolve them into one index (on
+    object storage: every shard's numbered records, one list and concurrent reads)."""
+    from cache.storage import is_url
+
+    if is_url(root):
+        from cache.objectlog import read_records
+        from cache.storage import open_storage
+
+        return build_index(read_records(open_storage(root)))
+    root = Path(root)
     # Building millions of small dicts and tuples would trigger repeated full garbage collections
     # (none of them cyclic garbage): pausing the collector makes this about 2x faster.
     was_enabled = gc.isenabled()

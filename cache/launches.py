@@ -6,14 +6,18 @@ A launcher appends its records to ``FOLDER/launches.jsonl`` and registers FOLDER
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from cache.journal import append_records, read_journal, repair_tail
+from cache.storage import is_url, open_storage
 
 LAUNCHES = "launches.jsonl"  # in a launcher's folder
 FOLDERS = "launch_folders.jsonl"  # in the store: the folders that hold its launch records
+FOLDERS_PREFIX = "launch_folders"  # the same on object storage: one object per folder
 # Stores made before FOLDERS existed kept their launch records only in this folder.
 DEFAULT_FOLDER = "logs/slurm"
 
@@ -25,6 +29,20 @@ def _absolute(path: str | Path) -> Path:
 def _registered(root: Path) -> list[Path]:
     """The folders registered in the store at ``root`` (relative entries are under the store)."""
     return [_absolute(root / r["folder"]) for r in read_journal(root / FOLDERS)]
+
+
+def _registered_remote(url: str) -> list[Path]:
+    """The folders registered in a store on object storage: one object each under
+    ``launch_folders/``, named by a digest of the folder (registering twice is one object)."""
+    storage = open_storage(url)
+    keys = storage.list(f"{FOLDERS_PREFIX}/")
+    folders = []
+    for data in storage.get_many(keys):
+        try:
+            folders.append(Path(json.loads(data or b"")["folder"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # not written by this code: ignored
+    return folders
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
@@ -39,6 +57,12 @@ def register_launch_folder(store: str | Path, folder: str | Path) -> None:
     ``init_store`` accepts the folder holding this record). A folder inside the store is kept
     relative to it, so the store can be moved with its records.
     """
+    if is_url(store):  # the folder is on the submitting machine; the registry in the bucket
+        folder = _absolute(folder)
+        digest = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+        key = f"{FOLDERS_PREFIX}/{digest}.json"
+        open_storage(str(store)).create(key, json.dumps({"folder": str(folder)}).encode())
+        return
     root, folder = _absolute(store), _absolute(folder)
     if folder in _registered(root):
         return
@@ -62,10 +86,15 @@ def record_launch(
 
 
 def launch_folders(store: str | Path) -> list[Path]:
-    """The folders holding launch records of ``store``: those registered, and the default one."""
-    root = _absolute(store)
+    """The folders holding launch records of ``store``: those registered, and the default one
+    (on object storage: those registered that exist on this machine)."""
+    if is_url(store):
+        candidates = _registered_remote(str(store))
+    else:
+        root = _absolute(store)
+        candidates = [root / DEFAULT_FOLDER, *_registered(root)]
     folders: list[Path] = []
-    for folder in [root / DEFAULT_FOLDER, *_registered(root)]:
+    for folder in candidates:
         if folder not in folders and (folder / LAUNCHES).is_file():
             folders.append(folder)
     return folders

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,15 @@ import numpy as np
 
 from cache.journal import Index, VideoEntry, load_index
 from cache.layout import shard_dir
-from cache.segments import DamagedDataError, checksum, read_attrs, require_files
+from cache.objectlog import segment_prefix
+from cache.segments import (
+    DamagedDataError,
+    MissingDataError,
+    checksum,
+    read_attrs,
+    require_files,
+)
+from cache.storage import open_storage, store_location
 from cache.store import read_store_attrs
 
 
@@ -19,7 +28,7 @@ from cache.store import read_store_attrs
 class _Segment:
     """One opened segment: its tokens array, its (checked) pts, its per-chunk checksums."""
 
-    path: Path
+    path: Path | str  # a folder, or an object-storage URL
     tokens: Any  # a zarr array
     pts: np.ndarray
     chunk_frames: int = 0
@@ -37,7 +46,7 @@ class _Segment:
         for at in range(lo, hi, c):
             if checksum(data[at - lo : at - lo + c]) != self.chunk_sums[at // c]:
                 raise DamagedDataError(
-                    f"{self.path / 'tokens'}: rows {at}..{min(at + c, hi)} are not the data "
+                    f"{self.path}/tokens: rows {at}..{min(at + c, hi)} are not the data "
                     "written there (crc32c differs: a chunk file swapped, replaced or corrupt); "
                     "job=verify job.mark_damaged=true marks its videos to redo"
                 )
@@ -51,7 +60,7 @@ class Store:
     """
 
     def __init__(self, root: str | Path, index: Index | None = None) -> None:
-        self.root = Path(root)
+        self.root = store_location(root)
         self.attrs = read_store_attrs(self.root)
         self.layout = self.attrs["layout"]
         # ``index``: one already loaded from this store (a DataLoader worker reuses its
@@ -108,8 +117,10 @@ class Store:
         them) and are read unchecked."""
         import zarr
 
-        path = shard_dir(self.root, shard) / segment
         record = self.index.segments.get((shard, segment), {})
+        if isinstance(self.root, str):
+            return _object_segment(self.root, shard, segment, record)
+        path = shard_dir(self.root, shard) / segment
         sums = record.get("crc32c")
         if sums is None:
             tok = zarr.open_array(path / "tokens", mode="r")
@@ -176,11 +187,71 @@ class Store:
         return out, pts_out
 
 
+def _object_segment(url: str, shard: int, segment: str, record: dict[str, Any]) -> _Segment:
+    """A segment on object storage: one list of its prefix checks that every file its record
+    names is there (a missing one is an error, never Zarr's fill value), then the same checks
+    as on disk (pts whole, tokens per chunk)."""
+    import zarr
+
+    storage = open_storage(url)
+    prefix = segment_prefix(shard, segment)
+    where = f"{url}/{prefix.rstrip('/')}"
+    have = {k[len(prefix) :] for k in storage.list(prefix)}
+    missing = [f for f in record.get("files", ["zarr.json"]) if f not in have]
+    if missing:
+        raise MissingDataError(f"missing {where}/{missing[0]} (the data is lost)")
+    zs = storage.zarr_store(prefix, read_only=True)
+    tok = zarr.open_array(store=zs, path="tokens", mode="r")
+    pts = np.asarray(zarr.open_array(store=zs, path="pts", mode="r")[...])
+    sums = record.get("crc32c") or {}
+    if checksum(pts) != sums.get("pts"):
+        raise DamagedDataError(
+            f"{where}/pts: not the data written there (crc32c differs from the journal's); "
+            "job=verify names its videos"
+        )
+    got = storage.get(f"{prefix}zarr.json")
+    try:
+        chunks = json.loads(got[0] if got else b"")["attributes"]["chunks"]
+        c, chunk_sums = int(chunks["frames"]), tuple(int(x) for x in chunks["tokens_crc32c"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise DamagedDataError(f"{where}/zarr.json: the segment's attributes are unreadable "
+                               f"({type(e).__name__}: {e})") from None  # fmt: skip
+    if c < 1 or len(chunk_sums) != -(-len(pts) // c) or tok.shape[0] != len(pts):
+        raise DamagedDataError(f"{where}/zarr.json: per-chunk checksums do not fit the "
+                               f"segment's {len(pts)} frames")  # fmt: skip
+    return _Segment(where, tok, pts, c, chunk_sums)
+
+
+def check_object_segment(
+    url: str,
+    shard: int,
+    segment: str,
+    record: dict[str, Any],
+    layout: dict[str, Any],
+    window: int = 1024,
+) -> list[str]:
+    """Problems of one committed segment on object storage (``job=verify``): its files (one
+    list), its metadata against the index and the layout, the checksums of its data."""
+    try:
+        seg = _object_segment(url, shard, segment, record)
+        n = int(record["frames"])
+        want = (n, int(layout["tokens_per_frame"]), int(layout["dim"]))
+        if tuple(seg.tokens.shape) != want:
+            return [f"metadata: tokens {seg.tokens.shape}; the index says {want}"]
+        crc = 0
+        for lo in range(0, n, window):
+            crc = checksum(seg.tokens[lo : lo + window], crc)
+    except Exception as e:  # noqa: BLE001 - any failure here is a finding
+        return [str(e) if isinstance(e, DamagedDataError) else f"{type(e).__name__}: {e}"]
+    return [] if crc == record["crc32c"]["tokens"] else ["checksum mismatch in tokens"]
+
+
 def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     """bfloat16 stored as uint16 bit patterns -> float32 (exact)."""
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def open_store(path: str | Path) -> Store:
-    """Open the store at ``path`` for reading."""
+    """Open the store at ``path`` for reading: a folder, or a URL (``s3://bucket/prefix.zarr``,
+    ``gs://``, ``az://``, ``file://``)."""
     return Store(path)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cache.layout import ATTRS_KEY, FORMAT_NAME, FORMAT_VERSION, StoreLayout
+from cache.storage import Storage, check_conditional_writes, is_url, open_storage
 
 
 class StoreMismatchError(ValueError):
@@ -19,10 +20,17 @@ class StoreMismatchError(ValueError):
 
 def read_store_attrs(root: str | Path) -> dict[str, Any]:
     """The ``streamfeat`` attributes of the store at ``root`` (error if it is not a store)."""
-    meta = Path(root) / "zarr.json"
-    if not meta.is_file():
-        raise FileNotFoundError(f"no streamfeat store at {str(root)!r} (missing {meta})")
-    attrs = json.loads(meta.read_text()).get("attributes", {}).get(ATTRS_KEY)
+    if is_url(root):
+        got = open_storage(root).get("zarr.json")
+        if got is None:
+            raise FileNotFoundError(f"no streamfeat store at {str(root)!r} (missing zarr.json)")
+        text = got[0].decode()
+    else:
+        meta = Path(root) / "zarr.json"
+        if not meta.is_file():
+            raise FileNotFoundError(f"no streamfeat store at {str(root)!r} (missing {meta})")
+        text = meta.read_text()
+    attrs = json.loads(text).get("attributes", {}).get(ATTRS_KEY)
     if not attrs or attrs.get("format") != FORMAT_NAME:
         raise ValueError(f"{str(root)!r} is a Zarr store but not a streamfeat cache")
     if attrs.get("format_version") != FORMAT_VERSION:
@@ -53,7 +61,6 @@ def init_store(
     """
     import zarr
 
-    root = Path(root)
     attrs = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -62,6 +69,9 @@ def init_store(
         "provenance": provenance,
     }
     attrs = json.loads(json.dumps(attrs))  # normalise tuples etc. to what JSON gives back
+    if is_url(root):
+        return _init_object_store(open_storage(root), attrs)
+    root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     # Creators of one store (workers, array tasks) take turns: the first creates it, the
     # others then compare their settings with it.
@@ -77,6 +87,31 @@ def init_store(
         return read_store_attrs(root)
     finally:
         os.close(fd)
+
+
+def store_exists(root: str | Path) -> bool:
+    """Whether a store (its root ``zarr.json``) exists at ``root``, a path or a URL."""
+    if is_url(root):
+        return open_storage(root).get("zarr.json") is not None
+    return (Path(root) / "zarr.json").is_file()
+
+
+def _init_object_store(storage: Storage, attrs: dict[str, Any]) -> dict[str, Any]:
+    """Create a store on object storage: its root metadata is written create-if-absent, so of
+    two creators one creates it and the other compares its settings with it (no lock). The
+    server is probed first: one that ignores conditional writes is refused."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    check_conditional_writes(storage)
+    mem: dict[str, Any] = {}
+    zarr.open_group(MemoryStore(mem), mode="w", zarr_format=3, attributes={ATTRS_KEY: attrs})
+    zarr.open_group(MemoryStore(mem), path="shards", mode="a", zarr_format=3)
+    meta = {k: bytes(v.to_bytes()) for k, v in mem.items()}
+    if storage.create("zarr.json", meta["zarr.json"]) is None:
+        return _check(storage.url, attrs)
+    storage.put("shards/zarr.json", meta["shards/zarr.json"])
+    return read_store_attrs(storage.url)
 
 
 def _lock_polling(fd: int, stop_check: Callable[[], None], poll_s: float = 0.05) -> None:
@@ -96,7 +131,7 @@ def _no_stop() -> None:
     return None
 
 
-def _check(root: Path, attrs: dict[str, Any]) -> dict[str, Any]:
+def _check(root: str | Path, attrs: dict[str, Any]) -> dict[str, Any]:
     existing = read_store_attrs(root)
     for key in ("layout", "features"):
         # Keys a store made by an older streamfeat does not record are not compared.

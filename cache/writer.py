@@ -15,15 +15,27 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cache.journal import append_records, load_index, read_journal
+from cache.journal import append_records, build_index, load_index, read_journal
 from cache.layout import StoreLayout, journal_path, lock_path, segment_name, segment_seq, shard_dir
+from cache.objectlog import (
+    LEASE_TTL_S,
+    Lease,
+    RecordLog,
+    ShardFencedError,
+    ShardLeaseHeld,
+    collect_garbage,
+    read_records,
+    segment_names,
+    segment_prefix,
+    shard_leased,
+)
 from cache.segments import (
     adopt_segments,
     checksum,
@@ -31,9 +43,17 @@ from cache.segments import (
     features_digest,
     write_marks,
 )
+from cache.storage import is_url, open_storage, store_location
 from cache.store import read_store_attrs
 
 log = logging.getLogger(__name__)
+
+_GROUP_META = b'{"zarr_format":3,"node_type":"group","attributes":{}}'
+
+
+def object_segment_seq(name: str) -> int | None:
+    """The sequence number of a segment on object storage (``seg-NNNNNN-UNIQUE``)."""
+    return segment_seq(name.rsplit("-", 1)[0]) if name.count("-") == 2 else None
 
 
 @dataclass
@@ -75,53 +95,100 @@ class ShardWriter:
         *,
         commit_interval_s: float = COMMIT_INTERVAL_S,
         provenance: dict[str, Any] | None = None,
+        lease_ttl_s: float = LEASE_TTL_S,
+        break_lease: bool = False,
+        stop_check: Callable[[], None] | None = None,
     ) -> None:
-        self.root = Path(root)
+        self.root = store_location(root)
         self.shard = shard
         attrs = read_store_attrs(self.root)
         self.layout = StoreLayout.from_dict(attrs["layout"])
         self._features = features_digest(attrs["features"])
         self.commit_interval_s = commit_interval_s
-        self.dir = shard_dir(self.root, shard)
+        self.restarted: dict[str, str] = {}  # video id -> why its partial frames were dropped
+        self.run_id = uuid.uuid4().hex[:12]
+        run = {
+            "kind": "run",
+            "run_id": self.run_id,
+            "started_at": time.time(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "provenance": provenance or {},
+        }
+        self._lock_fd = -1
+        self._lease: Lease | None = None
+        if isinstance(self.root, str):
+            self._open_object(run, lease_ttl_s, break_lease, stop_check)
+        else:
+            self._open_local(self.root, run)
+        self._pending: dict[str, _Pending] = {}
+        self._flushing: list[_Pending] = []  # finished videos whose frames are still buffered
+        self._finals: list[dict[str, Any]] = []
+        self._buffered = 0
+        self._last_commit = time.monotonic()
+
+    def _open_local(self, root: Path, run: dict[str, Any]) -> None:
+        """Take the shard's lock, repair its journal, and journal the run (format 1 on a POSIX
+        file system: an appended journal, a flock, renamed segment folders)."""
+        shard = self.shard
+        self.dir = shard_dir(root, shard)
         self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / "zarr.json").exists():  # so Zarr clients can walk the hierarchy
             import zarr
 
             zarr.open_group(self.dir, mode="a", zarr_format=3)
-        self.journal = journal_path(self.root, shard)
+        self.journal = journal_path(root, shard)
         self.journal.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = take_lock(self.root, shard)
+        self._lock_fd = take_lock(root, shard)
         # Damaged lines dropped (their videos are redone), unjournalled segments re-indexed.
-        self.repairs = adopt_segments(self.root, shard)
+        self.repairs = adopt_segments(root, shard)
         records = read_journal(self.journal)
         # Past every segment name, journalled or on disk (a kept folder is never written over).
         names = [r["segment"] for r in records if r.get("kind") == "segment"]
         names += [c.name for c in self.dir.iterdir()]
         seqs = [q for q in map(segment_seq, names) if q is not None]
         self._next_seq = 1 + max(seqs, default=-1)
-        self._partial = {
-            vid: p for vid, p in load_index(self.root).partial.items() if p.shard == shard
-        }
-        self.restarted: dict[str, str] = {}  # video id -> why its partial frames were dropped
-        self.run_id = uuid.uuid4().hex[:12]
-        append_records(
-            self.journal,
-            [
-                {
-                    "kind": "run",
-                    "run_id": self.run_id,
-                    "started_at": time.time(),
-                    "host": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "provenance": provenance or {},
-                }
-            ],
+        self._partial = {vid: p for vid, p in load_index(root).partial.items() if p.shard == shard}
+        append_records(self.journal, [run])
+
+    def _open_object(
+        self,
+        run: dict[str, Any],
+        ttl_s: float,
+        break_lease: bool,
+        stop_check: Callable[[], None] | None,
+    ) -> None:
+        """Take the shard's lease, then claim its journal with the run's record (from then on
+        an earlier holder's commits are refused), then remove segments no record names."""
+        shard = self.shard
+        self.storage = open_storage(self.root)
+        self._lease = Lease(
+            self.storage, shard, ttl_s=ttl_s, break_lease=break_lease, stop_check=stop_check
         )
-        self._pending: dict[str, _Pending] = {}
-        self._flushing: list[_Pending] = []  # finished videos whose frames are still buffered
-        self._finals: list[dict[str, Any]] = []
-        self._buffered = 0
-        self._last_commit = time.monotonic()
+        try:
+            self._lease.acquire()
+        except ShardLeaseHeld as e:
+            self._lease = None
+            raise ShardLockedError(str(e)) from None
+        try:
+            self._log = RecordLog(self.storage, shard)
+            self._log.claim([run])
+            journals = read_records(self.storage)
+            records = journals.get(shard, [])
+            self.repairs = collect_garbage(self.storage, shard, segment_names(records))
+            for m in self.repairs:
+                log.warning("%s", m)
+            group = f"shards/{shard:05d}/zarr.json"  # so Zarr clients can walk the hierarchy
+            if self.storage.get(group) is None:
+                self.storage.put(group, _GROUP_META)
+            seqs = [object_segment_seq(r["segment"]) for r in records if r.get("kind") == "segment"]
+            self._next_seq = 1 + max((q for q in seqs if q is not None), default=-1)
+            index = build_index(journals)
+            self._partial = {v: p for v, p in index.partial.items() if p.shard == shard}
+        except BaseException:
+            self._lease.release()
+            self._lease = None
+            raise
 
     # -- per video -------------------------------------------------------------------------
 
@@ -220,14 +287,27 @@ class ShardWriter:
         for final in self._finals:
             final["committed_at"] = now
         seg = segment_name(self._next_seq)
+        if self._lease is not None:
+            if self._lease.lost:  # known already: write nothing more
+                raise ShardFencedError(
+                    f"shard {self.shard} of {self.root}: this writer lost its lease (another "
+                    "writer took the shard over): it stops, its uncommitted work is discarded"
+                )
+            # A unique prefix: a fenced writer's late segment never lands on a committed one.
+            seg = f"{seg}-{uuid.uuid4().hex[:8]}"
         try:
             if groups:
                 records += self._write_segment(seg, groups, self._finals)
             records += self._finals
-            append_records(self.journal, records)  # all or nothing
+            if self._lease is not None:
+                self._log.append(records)  # one object, create-if-absent: all or nothing
+            else:
+                append_records(self.journal, records)  # all or nothing
         except BaseException:
-            if groups:  # not journalled: the frames stay buffered for the next try
+            if groups and self._lease is None:  # not journalled: the frames stay buffered
                 shutil.rmtree(self.dir / seg, ignore_errors=True)
+            # On object storage an unjournalled segment is garbage that the next lease holder
+            # removes (a write whose answer was lost may have committed it).
             raise
         self._next_seq += bool(groups)
         for g in groups:
@@ -290,6 +370,12 @@ class ShardWriter:
             # file swapped with another of the same size is an error, not wrong numbers.
             "chunks": {"frames": chunk, "tokens_crc32c": chunk_checksums(tokens, chunk)},
         }
+        if self._lease is not None:
+            prefix = segment_prefix(self.shard, seg)
+            self._stage(self.storage.zarr_store(prefix, read_only=False), attrs, tokens, pts)
+            # Its files, listed in the record: a reader checks them with one list.
+            segment["files"] = [k[len(prefix) :] for k in self.storage.list(prefix)]
+            return [segment, *starts, *pieces]
         staging = self.dir / f".staging-{seg}-{uuid.uuid4().hex[:8]}"
         try:
             self._stage(staging, attrs, tokens, pts)
@@ -301,7 +387,7 @@ class ShardWriter:
         return [segment, *starts, *pieces]
 
     def _stage(
-        self, staging: Path, attrs: dict[str, Any], tokens: np.ndarray, pts: np.ndarray
+        self, staging: Path | Any, attrs: dict[str, Any], tokens: np.ndarray, pts: np.ndarray
     ) -> None:
         import zarr
         from zarr.codecs import Crc32cCodec
@@ -334,23 +420,26 @@ class ShardWriter:
             dimension_names=("frame",),
         )
         parr[...] = pts
-        _fsync_tree(staging)
+        if isinstance(staging, Path):
+            _fsync_tree(staging)
 
     def close(self) -> None:
         """Commit what is buffered (unfinished videos keep their committed frames for resume)."""
-        if self._lock_fd < 0:
+        if self._lock_fd < 0 and self._lease is None:
             return
         try:
             self.commit()
         finally:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+            self.abort()
 
     def abort(self) -> None:
         """Release the shard without committing buffered frames."""
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -375,7 +464,10 @@ def disk_full(e: BaseException | None) -> bool:
 
 def shard_locked(root: str | Path, shard: int) -> bool:
     """Whether a live writer holds shard ``shard`` of the store at ``root`` (its lock is released
-    when the writer closes or its process dies, so a killed writer's shard reads as free)."""
+    when the writer closes or its process dies, so a killed writer's shard reads as free). On
+    object storage: whether its lease is unreleased and was renewed within its time-to-live."""
+    if is_url(root):
+        return shard_leased(open_storage(root), shard)
     lock = lock_path(Path(root), shard)
     if not lock.exists():
         return False
@@ -454,7 +546,19 @@ def take_lock(root: Path, shard: int) -> int:
 
 @contextlib.contextmanager
 def holding_shard(root: str | Path, shard: int) -> Iterator[None]:
-    """Hold shard ``shard``'s writer lock (for repairs outside a writer)."""
+    """Hold shard ``shard``'s writer lock (for repairs outside a writer); on object storage its
+    lease (waiting for a dead writer's lease to lapse)."""
+    if is_url(root):
+        lease = Lease(open_storage(root), shard)
+        try:
+            lease.acquire()
+        except ShardLeaseHeld as e:
+            raise ShardLockedError(str(e)) from None
+        try:
+            yield
+        finally:
+            lease.release()
+        return
     fd = take_lock(Path(root), shard)
     try:
         yield
@@ -477,4 +581,7 @@ def mark_damaged(
         for v, a in attempts.items()
     ]  # fmt: skip
     with holding_shard(root, shard):
-        write_marks(Path(root), shard, marks)
+        if is_url(root):  # a record of its own (records are immutable: no side copy needed)
+            RecordLog(open_storage(root), shard).claim(marks)
+        else:
+            write_marks(Path(root), shard, marks)

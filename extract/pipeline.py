@@ -8,11 +8,13 @@ is reported to the sink and never stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from extract.frames import DecodeOptions, FrameReader, VideoProbe, default_workers, resize_pad
+from extract.remote import RemoteObject
 
 OutDtype = Literal["float16", "bfloat16"]
 Batching = Literal["dynamic", "fixed"]
@@ -29,10 +32,12 @@ ResizeOn = Literal["auto", "decode", "encoder"]  # auto: the encoder's device if
 
 @dataclass(frozen=True)
 class VideoTask:
-    """One input video: its id in the store and its path (``jobs.inputs`` resolves them)."""
+    """One input video: its id in the store and its path (``jobs.inputs`` resolves them).
+    ``remote``: the object it is on storage (its copy in scratch is then ``path`` once fetched)."""
 
     video_id: str
     path: Path
+    remote: RemoteObject | None = None
 
 
 class FrameEncoder(Protocol):
@@ -99,7 +104,8 @@ class _Decoders:
 
 def probe_record(task: VideoTask, probe: VideoProbe | None, fps: float) -> dict[str, Any]:
     """The index fields known about a video from its probe."""
-    rec: dict[str, Any] = {"source_path": str(task.path), "fps": fps}
+    source = task.remote.url if task.remote is not None else str(task.path)
+    rec: dict[str, Any] = {"source_path": source, "fps": fps}
     if probe is not None:
         rec.update(
             width=probe.width,
@@ -131,6 +137,10 @@ class OpenedVideo(Protocol):
 
 FrameSource = Callable[[VideoTask, int], OpenedVideo]
 """``source(task, frame_size)`` opens a video (raising ``ValueError`` with the reason)."""
+
+Fetch = Callable[[VideoTask], AbstractContextManager[VideoTask]]
+"""``with fetch(task) as local:`` makes a task's file readable here for the time of its decode
+(``extract.remote.Prefetcher.fetch`` downloads a remote one; raises ``ValueError`` why not)."""
 
 
 def open_reader(path: str | Path, size: int, opts: DecodeOptions) -> FrameReader:
@@ -212,8 +222,10 @@ class ExtractPipeline:
         source: FrameSource | None = None,
         resize_on: ResizeOn = "auto",
         stop_check: Callable[[], None] | None = None,
+        fetch: Fetch | None = None,
     ) -> None:
         self.encoder = encoder
+        self.fetch: Fetch = fetch or contextlib.nullcontext
         self.sink = sink
         self.decode = decode
         self.workers = decode_workers(decode, encoder)
@@ -309,14 +321,15 @@ class ExtractPipeline:
     def _produce_one(self, task: VideoTask, put: Any) -> None:
         record = probe_record(task, None, self.decode.fps)
         try:
-            with self._sink_lock:
-                start = self.sink.start(task.video_id)
-            video = self.source(task, self.size)
-            record = video.record
-            for frames, pts in self._timed_chunks(task.video_id, video.chunks(start)):
-                if not put(_Frames(task.video_id, frames, pts, record)):
-                    return
-            put(_End(task.video_id, record))
+            with self.fetch(task) as local:  # a remote video: downloaded, removed after
+                with self._sink_lock:
+                    start = self.sink.start(task.video_id)
+                video = self.source(local, self.size)
+                record = video.record
+                for frames, pts in self._timed_chunks(task.video_id, video.chunks(start)):
+                    if not put(_Frames(task.video_id, frames, pts, record)):
+                        return
+                put(_End(task.video_id, record))
         except Exception as e:  # noqa: BLE001 - every per-video failure is recorded, not raised
             msg = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
             put(_Fail(task.video_id, record, msg))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -20,9 +21,13 @@ from cache import (
     disk_full,
     fingerprint,
     init_store,
+    is_url,
     load_index,
     read_store_attrs,
+    store_exists,
 )
+from cache.objectlog import LEASE_TTL_S
+from cache.storage import check_conditional_writes, open_storage
 from extract.encoders import Encoder, EncoderConfig, build_encoder, describe
 from extract.frames import stream_duration
 from extract.pipeline import (
@@ -33,6 +38,7 @@ from extract.pipeline import (
     FrameSource,
     VideoTask,
 )
+from extract.remote import Prefetcher, RemoteOptions
 from jobs.extract_ray import RayExtraction
 from jobs.inputs import resolve_inputs
 from jobs.launch import signals
@@ -69,6 +75,12 @@ class ExtractSpec:
     commit_interval_s: float = ShardWriter.COMMIT_INTERVAL_S
     retry_failed: bool = True  # a rerun retries videos that failed before
     progress: bool = True
+    # store on object storage only (docs/object-storage.md): a shard's lease lapses after this
+    # long without a heartbeat; break_lease takes a dead writer's lease without waiting
+    lease_ttl_s: float = LEASE_TTL_S
+    break_lease: bool = False
+    # videos on object storage: prefetch, scratch folder and cap, timeouts (extract.remote)
+    remote: RemoteOptions = field(default_factory=RemoteOptions)
     # launcher=ray only: how extraction uses the cluster (docs/ray.md); None = each shard task
     # decodes and encodes in its own process, as with the other launchers
     ray: RayExtraction | None = field(default_factory=RayExtraction)
@@ -83,6 +95,8 @@ class ExtractSpec:
             raise ValueError(f"job.encode_threads must be >= 0 or null, got {self.encode_threads}")
         if self.commit_interval_s < 0:
             raise ValueError(f"job.commit_interval_s must be >= 0, got {self.commit_interval_s}")
+        if self.lease_ttl_s <= 0:
+            raise ValueError(f"job.lease_ttl_s must be > 0, got {self.lease_ttl_s}")
         store = Path(self.store).expanduser()
         if store.exists() and not store.is_dir():
             raise ValueError(f"store={self.store!r} is a file, not a store folder")
@@ -179,10 +193,9 @@ def compute_kind(cfg: EncoderConfig) -> dict[str, str]:
 def check_store_settings(spec: ExtractSpec) -> None:
     """Refuse a run whose settings differ from an existing store's, before anything is skipped:
     one error naming the setting (the encoder's weights are compared once it is loaded)."""
-    root = Path(spec.store)
-    if not (root / "zarr.json").is_file():
+    if not store_exists(spec.store):
         return
-    stored = read_store_attrs(root)["features"]
+    stored = read_store_attrs(spec.store)["features"]
     run = {
         "encoder": describe(spec.encoder),
         "fps": spec.decode.fps,
@@ -207,8 +220,7 @@ def check_store_settings(spec: ExtractSpec) -> None:
 
 def indexed_videos(store: str | Path) -> dict[str, VideoEntry]:
     """The store's index entries by video id (none before the store exists)."""
-    root = Path(store)
-    return load_index(root).videos if (root / "zarr.json").exists() else {}
+    return load_index(store).videos if store_exists(store) else {}
 
 
 def shard_todo(
@@ -268,11 +280,21 @@ def run_shard(
                 provenance=prov,
                 stop_check=signals.check,  # a signal stops a wait for the creation lock
             )
-            with ShardWriter(
-                spec.store, shard, commit_interval_s=spec.commit_interval_s, provenance=prov
-            ) as writer:
+            with (
+                contextlib.ExitStack() as stack,
+                ShardWriter(
+                    spec.store,
+                    shard,
+                    commit_interval_s=spec.commit_interval_s,
+                    provenance=prov,
+                    lease_ttl_s=spec.lease_ttl_s,
+                    break_lease=spec.break_lease,
+                    stop_check=signals.check,  # a signal stops a wait for a lapsing lease
+                ) as writer,
+            ):
                 # Re-read under the shard's lock: another run may have just finished some.
                 todo = shard_todo(spec, shard, shard_count)[0]
+                prefetch = stack.enter_context(Prefetcher(todo, spec.remote))
                 pipe = ExtractPipeline(
                     enc,
                     _FingerprintedSink(writer, todo),
@@ -283,6 +305,7 @@ def run_shard(
                     on_event=tally,
                     source=source,
                     stop_check=signals.check,
+                    fetch=prefetch.fetch,
                 )
                 pipe.run(todo)
         except signals.StopRequested as stop:
@@ -306,16 +329,16 @@ class _FingerprintedSink:
 
     def __init__(self, writer: ShardWriter, tasks: Sequence[VideoTask]) -> None:
         self.writer = writer
-        self.paths = {t.video_id: t.path for t in tasks}
+        self.tasks = {t.video_id: t for t in tasks}
         self.write, self.finish, self.fail = writer.write, writer.finish, writer.fail
 
     def start(self, video_id: str) -> int:
-        path = self.paths[video_id]
+        path, remote = self.tasks[video_id].path, self.tasks[video_id].remote
         try:
-            source = fingerprint(path)
+            source = remote.fingerprint() if remote else fingerprint(path)  # {size, etag, url}
         except OSError:
             source = None  # unreadable: the decoder says why
-        if source is not None and (duration := stream_duration(path)) is not None:
+        if not remote and source is not None and (duration := stream_duration(path)) is not None:
             source["duration_seconds"] = duration  # a re-cut replacement of the same size
         start = self.writer.start(video_id, source=source)
         if video_id in self.writer.restarted:
@@ -370,6 +393,8 @@ class ExtractJob:
         self.launcher = launcher
         self.videos = videos
         self.spec = ExtractSpec(**settings)
+        if is_url(self.spec.store):  # credentials, bucket, endpoint, conditional writes
+            check_conditional_writes(open_storage(self.spec.store))
 
     def run(self) -> int:
         summary = self.execute()
@@ -387,7 +412,7 @@ class ExtractJob:
     def execute(self) -> dict[str, Any] | None:
         """Run the extraction; the summary (``None`` when the launcher only submitted)."""
         t0, submitted_at = time.perf_counter(), time.time()
-        found = resolve_inputs(self.videos, self.spec.videos_root)
+        found = resolve_inputs(self.videos, self.spec.videos_root, self.spec.remote)
         inputs = found.tasks
         spec = replace(self.spec, videos=tuple(inputs))
         check_store_settings(spec)  # before any decision to skip
@@ -428,6 +453,10 @@ class ExtractJob:
         encode; elsewhere (or ``job.ray=null``) each shard does both in its own process."""
         fn = functools.partial(run_shard, spec)
         if spec.ray is not None and isinstance(self.launcher, RayLauncher):
+            if any(v.remote for v in spec.videos):  # its decode tasks open task.path directly
+                raise ValueError(
+                    "videos on object storage need each shard to fetch its own: add job.ray=null"
+                )
             return spec.ray.run(self.launcher, fn, spec, shards, pending)
         return self.launcher.run(fn, shards, pending)
 
@@ -460,7 +489,7 @@ def summarize(
             failures[v.video_id] = f"{e.record.get('source_path')}: {e.record.get('error')}"
     rejected = dict(rejected or {})
     return {
-        "store": str(Path(store).absolute()),
+        "store": store if is_url(store) else str(Path(store).absolute()),
         "videos": len(inputs) + len(rejected),
         "done": done,
         "skipped": skipped,

@@ -7,12 +7,21 @@ import glob
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cache import video_id_for
 from cache.ids import escape_part
 from extract.pipeline import VideoTask
+from extract.remote import (
+    RemoteObject,
+    RemoteOptions,
+    head_objects,
+    is_url,
+    list_objects,
+    pseudo_path,
+    read_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +52,9 @@ class Inputs:
     rejected: dict[str, str] = field(default_factory=dict)
 
 
-def resolve_inputs(videos: str, root: str | None = None) -> Inputs:
+def resolve_inputs(
+    videos: str, root: str | None = None, remote: RemoteOptions | None = None
+) -> Inputs:
     """Expand ``videos`` (a directory, a text file of paths, or a glob) into sorted inputs.
 
     Ids are paths relative to ``root``: by default the directory itself, the glob's fixed
@@ -53,9 +64,18 @@ def resolve_inputs(videos: str, root: str | None = None) -> Inputs:
     once), and a folder that cannot be read is skipped with a warning naming it. A FIFO, socket
     or device (named by a list, found in a folder or matched by a glob) is rejected with its
     kind before anything opens it: reading one could block the run for ever.
+
+    Object storage (``remote``: how to reach it): ``videos=s3://bucket/prefix/`` is listed
+    recursively by extension (ids: keys relative to the prefix, as for a folder); a list file
+    (local or on storage) may name ``s3://``, ``gs://``, ``az://`` or ``https://`` objects,
+    each asked for its size and ETag now. Refused credentials, a missing bucket or an
+    unreachable endpoint raise :class:`extract.remote.RemoteAccessError` before any work; a
+    listed object that does not exist is rejected with the reason.
     """
-    spec = os.path.expanduser(str(videos))
+    spec = str(videos) if is_url(videos) else os.path.expanduser(str(videos))
     p = Path(spec)
+    if is_url(spec) or any(is_url(ln) for ln in _list_lines(p)):
+        return _remote_inputs(spec, root, remote or RemoteOptions())
     if glob.has_magic(spec):
         default_root = Path(_glob_prefix(spec))
         paths = glob_files(spec, default_root)
@@ -201,6 +221,71 @@ def walk_files(top: Path, max_depth: int | None = None) -> list[Path]:
             dirnames[:] = []
         out += [Path(dirpath, f) for f in filenames if os.path.exists(os.path.join(dirpath, f))]
     return out
+
+
+def _list_lines(p: Path) -> list[str]:
+    """The entries of list file ``p`` (none when ``p`` is not one)."""
+    if not (p.suffix.lower() not in VIDEO_EXTENSIONS and p.is_file()):
+        return []
+    lines = [ln.strip() for ln in p.read_text(errors="replace").splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def _remote_inputs(spec: str, root: str | None, opts: RemoteOptions) -> Inputs:
+    """Inputs when ``videos=`` is on object storage or a list naming objects there."""
+    suffix = Path(spec.rstrip("/")).suffix.lower() if is_url(spec) else ""
+    if is_url(spec) and (not suffix or spec.endswith("/")):  # a folder: list it
+        objects: dict[Path, RemoteObject | str] = {
+            pseudo_path(o.url): o for o in list_objects(spec, VIDEO_EXTENSIONS, opts)
+        }
+        default_root = pseudo_path(spec.rstrip("/"))
+    else:
+        if is_url(spec) and suffix in VIDEO_EXTENSIONS:
+            lines, parent = [spec], pseudo_path(spec).parent
+        elif is_url(spec):  # a list file on storage
+            lines = [ln.strip() for ln in read_text(spec, opts).splitlines()]
+            lines = [ln for ln in lines if ln and not ln.startswith("#")]
+            parent = pseudo_path(spec).parent
+        else:
+            lines, parent = _list_lines(Path(spec)), Path(spec).parent
+        urls = list(dict.fromkeys(ln for ln in lines if is_url(ln)))
+        objects = {pseudo_path(u): o for u, o in head_objects(urls, opts).items()}
+        for ln in lines:
+            if not is_url(ln):
+                local = Path(ln) if os.path.isabs(ln) else parent / ln
+                objects[Path(os.path.normpath(local))] = ""  # a local file
+        parents = [os.path.abspath(x.parent) for x in objects]
+        default_root = Path(os.path.commonpath(parents)) if parents else parent
+    if not objects:
+        raise ValueError(
+            f"videos={spec!r} matched no videos (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))})"
+        )
+    base = default_root
+    if root:
+        base = pseudo_path(root) if is_url(root) else Path(root).expanduser()
+    rejected = {_name(p, o): o for p, o in objects.items() if isinstance(o, str) and o}
+    found = assign_ids(
+        sorted(p for p, o in objects.items() if not isinstance(o, str) or not o), base
+    )
+    tasks = []
+    for t in found.tasks:
+        obj = objects[t.path]
+        tasks.append(
+            replace(t, path=Path(obj.url), remote=obj) if isinstance(obj, RemoteObject) else t
+        )
+    for k, why in found.rejected.items():
+        rejected[_name(Path(k), objects.get(Path(k)))] = why
+    return Inputs(tasks, rejected)
+
+
+def _name(path: Path, obj: RemoteObject | str | None) -> str:
+    """How a rejected input is named: its URL, or its local path."""
+    if isinstance(obj, RemoteObject):
+        return obj.url
+    parts = path.parts  # a pseudo path /<scheme>/<netloc>/<key>
+    if isinstance(obj, str) and obj and len(parts) > 2:
+        return f"{parts[1]}://{'/'.join(parts[2:])}"
+    return str(path)
 
 
 def _glob_prefix(pattern: str) -> str:

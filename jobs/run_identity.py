@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cache import Store
+from cache import Store, is_url
 
 if TYPE_CHECKING:
     from jobs.eval_spec import EvalSpec
@@ -45,6 +45,11 @@ def checkpoint_digest(ref: str) -> str:
     return h.hexdigest()
 
 
+def _location(store: str) -> str:
+    """A store's location as identity: a URL as given, a folder made absolute."""
+    return store.rstrip("/") if is_url(store) else str(Path(store).absolute())
+
+
 def store_digest(store: Store) -> dict[str, Any]:
     """The store's committed content in brief: its layout and encoder, and a digest of every
     indexed video's status, frame count and source fingerprint (a re-extracted or added video
@@ -72,7 +77,7 @@ def eval_identity(spec: EvalSpec, store: Store) -> dict[str, Any]:
     ident: dict[str, Any] = {
         "checkpoint": {"ref": spec.adapter, "sha256": checkpoint_digest(spec.adapter)},
         "llm": spec.llm,
-        "store": {"path": str(Path(spec.store).absolute()), **store_digest(store)},
+        "store": {"path": _location(spec.store), **store_digest(store)},
         "data": json.loads(json.dumps(asdict(spec.data))),
     }
     if spec.data.is_benchmark:

@@ -9,21 +9,26 @@ from pathlib import Path
 from typing import Any
 
 from cache import (
+    is_url,
     journal_paths,
     load_index,
+    open_storage,
     read_journal,
     read_launches,
     read_store_attrs,
     shard_locked,
+    store_exists,
 )
+from cache.objectlog import read_records
 
 
 def store_status(store: str | Path) -> dict[str, Any]:
     """Counts per status and per shard, failures with reasons, videos mid-way; before the first
     writer started, only the launched shards and their SLURM states."""
-    root = Path(store)
-    launches = read_launches(root)
-    if launches and not (root / "zarr.json").is_file():
+    remote = is_url(store)
+    root: str | Path = str(store).rstrip("/") if remote else Path(store)
+    launches = read_launches(root)  # in launchers' folders, registered in the store
+    if launches and not store_exists(root):
         return launched_status(root, launches)
     attrs = read_store_attrs(root)
     index = load_index(root)
@@ -34,8 +39,8 @@ def store_status(store: str | Path) -> dict[str, Any]:
         s = shards.setdefault(e.shard, {"done": 0, "failed": 0, "frames": 0})
         s[e.status] = s.get(e.status, 0) + 1  # done, failed or damaged
         s["frames"] += int(e.record.get("num_frames", 0)) if e.status == "done" else 0
-    for shard, journal in journal_paths(root).items():
-        runs = [r for r in read_journal(journal) if r.get("kind") == "run"]
+    for shard, records in _journals(root).items():
+        runs = [r for r in records if r.get("kind") == "run"]
         if runs:
             s = shards.setdefault(shard, {"done": 0, "failed": 0, "frames": 0})
             s["last_run_started_at"] = runs[-1]["started_at"]
@@ -45,7 +50,7 @@ def store_status(store: str | Path) -> dict[str, Any]:
     if launches:
         shards = _with_slurm_states(shards, launches)
     return {
-        "store": str(root.absolute()),
+        "store": root if isinstance(root, str) else str(root.absolute()),
         "frames_per_second": _current_rate(index, shards, launches),
         "rates": work_rates([e.record for e in index.videos.values() if e.status == "done"]),
         "features": attrs["features"],
@@ -132,11 +137,19 @@ def _current_rate(index: Any, shards: dict[int, dict[str, Any]], launches: list[
     return round(frames / elapsed, 2) if elapsed > 0 else None
 
 
-def launched_status(root: Path, launches: list[dict[str, Any]]) -> dict[str, Any]:
+def _journals(root: str | Path) -> dict[int, list[dict[str, Any]]]:
+    """Every shard's journal records: its journal file, or its numbered records on object
+    storage."""
+    if isinstance(root, str):
+        return read_records(open_storage(root))
+    return {shard: read_journal(path) for shard, path in journal_paths(root).items()}
+
+
+def launched_status(root: str | Path, launches: list[dict[str, Any]]) -> dict[str, Any]:
     """Status of a store whose tasks were submitted but none has started writing yet."""
     shards = _with_slurm_states({}, launches)
     return {
-        "store": str(root.absolute()),
+        "store": root if isinstance(root, str) else str(root.absolute()),
         "frames_per_second": None,
         "features": None,
         "videos": 0,

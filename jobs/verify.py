@@ -26,10 +26,12 @@ from cache import (
     check_segment,
     fingerprint,
     holding_shard,
+    is_url,
     journal_path,
     journal_paths,
     layout_mismatch,
     mark_damaged,
+    open_storage,
     open_store,
     piece_mismatches,
     read_journal,
@@ -40,6 +42,9 @@ from cache import (
     stray_entries,
     unindexed_segments,
 )
+from cache.objectlog import collect_garbage, read_records, segment_names
+from cache.reader import check_object_segment
+from extract.remote import remote_changed
 from jobs.extract import expected_frames
 
 NOT_CHECKSUMMED = "not checksummed"
@@ -77,6 +82,8 @@ def source_changed(record: dict[str, Any], *, content: bool = True) -> str | Non
     """Why a done video's source differs from when it was extracted (None: same or unknown).
     ``content=False`` compares size and mtime only (a stat, no read: for ``job=status``)."""
     old, path = record.get("source"), record.get("source_path")
+    if isinstance(old, dict) and "etag" in old:  # on object storage: asked there (not by status)
+        return remote_changed(old) if content else None
     if not old or not path or not Path(path).is_file():
         return None
     new = fingerprint(path, content=content)
@@ -155,9 +162,18 @@ def verify_store(
         for vid, part in s.index.partial.items():  # a resume would build on these frames
             for p in part.pieces:
                 users[(p.shard, p.segment)].add(vid)
-        pieces = _journal_pieces(s.root)
+        root = s.root  # a folder, or a URL (object storage: records are whole and immutable)
+        pieces = {} if isinstance(root, str) else _journal_pieces(root)
         for (shard, seg), rec in sorted(s.index.segments.items()):
-            path = shard_dir(s.root, shard) / seg
+            if isinstance(root, str):
+                issues = check_object_segment(root, shard, seg, rec, s.layout)
+                for vid in sorted(users[(shard, seg)]):
+                    problems[vid] += [f"shard {shard} {seg}: {i}" for i in issues]
+                if not users[(shard, seg)]:
+                    notes += [f"shard {shard} {seg}: {i} (no indexed video reads this)"
+                              for i in issues]  # fmt: skip
+                continue
+            path = shard_dir(root, shard) / seg
             issues = []
             for issue in check_segment(path, rec, s.layout):
                 if issue.startswith(NOT_CHECKSUMMED):
@@ -189,8 +205,11 @@ def verify_store(
         why = s.index.videos[vid].record["damaged"].get("why")
         problems[vid].append(f"marked damaged ({why}); the next job=extract redoes it")
     problems["<index>"] += s.index.problems
-    problems["<index>"] += _unindexed(s)
-    for stray in stray_entries(s.root):
+    if isinstance(s.root, str):
+        notes += _unreferenced(s)
+    else:
+        problems["<index>"] += _unindexed(s)
+    for stray in [] if isinstance(s.root, str) else stray_entries(s.root):
         top = stray.parent.name == "shards"
         problems["<index>"].append(
             f"stray {stray.relative_to(s.root)}: not a {'shard' if top else 'segment'} (readers "
@@ -198,13 +217,31 @@ def verify_store(
             "another name); move it out of the store"
         )
     return {
-        "store": str(Path(store).absolute()),
+        "store": s.root if isinstance(s.root, str) else str(Path(store).absolute()),
         "checked": checked,
         "frames": frames,
         "unchecksummed_segments": unchecked,
         "problems": {k: v for k, v in problems.items() if v},
         "notes": notes,
     }
+
+
+def _unreferenced(s: Any) -> list[str]:
+    """Segments on object storage that no record names: a writer stopped or fenced between
+    writing one and committing it. Never read; the shard's next writer (or
+    job.rebuild_index=true) removes them."""
+    storage = open_storage(s.root)
+    out = []
+    for key in sorted(
+        {"/".join(k.split("/")[:3]) for k in storage.list("shards/") if k.count("/") >= 3}
+    ):
+        _, shard, seg = key.split("/")
+        if seg.startswith("seg-") and (int(shard), seg) not in s.index.segments:
+            out.append(
+                f"shard {int(shard)} {seg}: written but never committed (no record names it): "
+                "ignored; its shard's next writer, or job.rebuild_index=true, removes it"
+            )
+    return sorted(set(out))
 
 
 def mark_damaged_videos(
@@ -237,7 +274,10 @@ def mark_damaged_videos(
 def rebuild_index(store: str | Path) -> list[str]:
     """Re-index every shard from its segments' attributes (each shard's lock held); a stray
     entry in ``shards/`` is named and left alone, a shard with a live writer is skipped (the
-    writer re-indexed it when it started)."""
+    writer re-indexed it when it started). On object storage, journal records are immutable and
+    never torn: what is to do is removing segments no record names, under each shard's lease."""
+    if is_url(store):
+        return _collect_object_garbage(str(store))
     root = Path(store)
     folders, strays = shard_folders(root)
     messages = [
@@ -248,6 +288,21 @@ def rebuild_index(store: str | Path) -> list[str]:
         try:
             with holding_shard(root, shard):
                 messages += adopt_segments(root, shard)
+        except ShardLockedError:
+            messages.append(f"shard {shard}: skipped, a writer is running on it")
+    return messages
+
+
+def _collect_object_garbage(url: str) -> list[str]:
+    storage = open_storage(url)
+    journals = read_records(storage)
+    shards = {int(k.split("/")[1]) for k in storage.list("shards/") if k.count("/") >= 3}
+    messages: list[str] = []
+    for shard in sorted(shards | set(journals)):
+        try:
+            with holding_shard(url, shard):
+                records = read_records(storage).get(shard, [])
+                messages += collect_garbage(storage, shard, segment_names(records))
         except ShardLockedError:
             messages.append(f"shard {shard}: skipped, a writer is running on it")
     return messages

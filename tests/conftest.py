@@ -32,6 +32,64 @@ def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_llm(tmp_path_factory.mktemp("llm") / "tiny-llama")
 
 
+S3_KEYS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3 API (moto's server) on a free port of 127.0.0.1 for the session: its endpoint
+    and test keys go into ``os.environ`` (writers in subprocesses inherit them), restored and
+    the server stopped at the end."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not one line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {**S3_KEYS, "AWS_ENDPOINT_URL": endpoint}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield endpoint
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    """A new empty bucket on the test server (on whatever endpoint ``AWS_ENDPOINT_URL`` names
+    now): ``s3://NAME``."""
+    import uuid
+
+    import boto3
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_root(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a test's store goes, once per backend: a folder, and a prefix of a new bucket."""
+    if request.param == "local":
+        return tmp_path / "s.zarr"
+    return f"{request.getfixturevalue('s3_bucket')}/s.zarr"
+
+
 @pytest.fixture(scope="session")
 def slurm() -> Iterator[None]:
     """A real SLURM on localhost (scripts/slurm/up.sh). Fails loudly, never skips: CI must
