@@ -34,6 +34,7 @@ from extract.pipeline import (
     VideoTask,
 )
 from jobs import signals
+from jobs.assign import assignment_of, longest_first, shard_videos, with_durations
 from jobs.extract_ray import RayExtraction
 from jobs.inputs import resolve_inputs
 from jobs.launchers import Launcher
@@ -205,6 +206,16 @@ def check_store_settings(spec: ExtractSpec) -> None:
             )
 
 
+def balanced_store(store: str | Path) -> bool:
+    """Whether a run's shards are balanced by duration: a new store, or one that says so. A
+    store made before keeps shards by count, so its videos (and their partial frames) stay
+    in the shards that hold them."""
+    root = Path(store)
+    if not (root / "zarr.json").is_file():
+        return True
+    return read_store_attrs(root).get("shard_assignment") == "duration"
+
+
 def indexed_videos(store: str | Path) -> dict[str, VideoEntry]:
     """The store's index entries by video id (none before the store exists)."""
     root = Path(store)
@@ -221,7 +232,7 @@ def shard_todo(
     if known is None:
         known = indexed_videos(spec.store)
     todo, skipped = [], 0
-    for v in spec.videos[shard::shard_count]:
+    for v in shard_videos(spec.videos, shard, shard_count):
         entry = known.get(v.video_id)
         if entry is not None and (
             entry.status == "done" or (entry.status == "failed" and not spec.retry_failed)
@@ -267,12 +278,14 @@ def run_shard(
                 features=features_of(spec, enc, layout),
                 provenance=prov,
                 stop_check=signals.check,  # a signal stops a wait for the creation lock
+                shard_assignment=assignment_of(spec.videos),
             )
             with ShardWriter(
                 spec.store, shard, commit_interval_s=spec.commit_interval_s, provenance=prov
             ) as writer:
                 # Re-read under the shard's lock: another run may have just finished some.
-                todo = shard_todo(spec, shard, shard_count)[0]
+                # Longest first: a long video started last would be the task's tail.
+                todo = longest_first(with_durations(shard_todo(spec, shard, shard_count)[0]))
                 pipe = ExtractPipeline(
                     enc,
                     _FingerprintedSink(writer, todo),
@@ -389,6 +402,8 @@ class ExtractJob:
         t0, submitted_at = time.perf_counter(), time.time()
         found = resolve_inputs(self.videos, self.spec.videos_root)
         inputs = found.tasks
+        if balanced_store(self.spec.store):  # shards get equal durations (jobs/assign.py)
+            inputs = with_durations(inputs)
         spec = replace(self.spec, videos=tuple(inputs))
         check_store_settings(spec)  # before any decision to skip
         known = indexed_videos(spec.store)  # read once here, not once per shard
