@@ -202,11 +202,12 @@ class _Pieces:
     """One video being decoded as pieces (sampled-frame ranges, see ``FrameReader.pieces``).
 
     Decoders claim pieces in order; the items of the lowest piece not yet ended (the head)
-    go straight to ``put``, those of later pieces wait in a buffer of at most ``buffer_chunks``
-    chunks (their decoder waits when it is full) and follow once every piece before has ended.
-    So the frames leave in order whoever decoded them, and the encoder and the store see the
-    same stream as from one decoder. A failed piece stops further claims; its failure follows
-    the frames before it, as with one decoder.
+    go straight to ``put``, those of later pieces wait in a buffer and follow once every piece
+    before has ended. So the frames leave in order whoever decoded them, and the encoder and
+    the store see the same stream as from one decoder. Memory: a helper claims a piece only
+    while fewer than ``lookahead`` pieces past the head are taken, so at most that many pieces
+    of a video wait in buffers. A failed piece stops further claims; its failure follows the
+    frames before it, as with one decoder.
     """
 
     def __init__(
@@ -215,10 +216,10 @@ class _Pieces:
         video: OpenedVideo,
         ranges: list[tuple[int, int]],
         put: Callable[[object], bool],
-        buffer_chunks: int,
+        lookahead: int,
     ) -> None:
         self.task, self.video, self.ranges, self.put = task, video, ranges, put
-        self.buffer_chunks = buffer_chunks
+        self.lookahead = lookahead
         self.cond = threading.Condition()
         self.claimed = 0  # pieces [0, claimed) are taken (so the head always has a decoder)
         self.head = 0
@@ -229,22 +230,29 @@ class _Pieces:
     def unclaimed_frames(self) -> int:
         return sum(hi - lo for lo, hi in self.ranges[self.claimed :])
 
-    def claim(self) -> int | None:
+    def claimable(self) -> bool:
+        """Whether a helper may take a piece now (one is left, within the lookahead)."""
+        return (
+            not self.failed
+            and self.claimed < len(self.ranges)
+            and self.claimed - self.head < self.lookahead
+        )
+
+    def claim(self, helper: bool = False) -> int | None:
+        """The next piece (the owner takes its video's pieces regardless of the lookahead)."""
         with self.cond:
             if self.failed or self.claimed >= len(self.ranges):
+                return None
+            if helper and not self.claimable():
                 return None
             self.claimed += 1
             return self.claimed - 1
 
     def emit(self, i: int, item: object, stop: threading.Event) -> bool:
         with self.cond:
-            while i != self.head and len(self.buffers[i]) >= self.buffer_chunks:
-                if stop.is_set():
-                    return False
-                self.cond.wait(0.1)
             if i != self.head:
                 self.buffers[i].append(item)
-                return True
+                return not stop.is_set()
         return self.put(item)  # only piece i's decoder emits while piece i is the head
 
     def end(self, i: int, failed: bool = False) -> bool | None:
@@ -276,11 +284,11 @@ class _Pieces:
 class _Board:
     """The videos the decoders of one pipeline have open, for idle decoders to help with."""
 
-    def __init__(self, owners: int, buffer_chunks: int) -> None:
+    def __init__(self, owners: int) -> None:
         self.cond = threading.Condition()
         self.videos: list[_Pieces] = []
         self.owners = owners  # decoders still taking videos of their own
-        self.buffer_chunks = buffer_chunks
+        self.lookahead = max(1, owners)  # pieces past a video's head its helpers may take
 
     def add(self, video: _Pieces) -> _Pieces:
         with self.cond:
@@ -299,16 +307,17 @@ class _Board:
         decoder can open another video and every piece is claimed."""
         with self.cond:
             while not stop.is_set():
-                self.videos = [v for v in self.videos if v.claimed < len(v.ranges)]
-                if self.videos:
-                    video = max(self.videos, key=_Pieces.unclaimed_frames)
-                    i = video.claim()
+                self.videos = [v for v in self.videos if v.claimed < len(v.ranges) and not v.failed]
+                free = [v for v in self.videos if v.claimable()]
+                if free:
+                    video = max(free, key=_Pieces.unclaimed_frames)
+                    i = video.claim(helper=True)
                     if i is not None:
                         return video, i
                     continue
-                if self.owners <= 0:
+                if self.owners <= 0 and not self.videos:
                     return None
-                self.cond.wait(0.1)
+                self.cond.wait(0.05)  # a head moves on, or a decoder opens another video
         return None
 
 
@@ -356,8 +365,7 @@ class ExtractPipeline:
             raise ValueError("resize_on='encoder' needs the local source")
         # The decoders share the budget of full-size pixels; native-size chunks also wait in
         # the queue, so then every chunk that may be held at once shares it.
-        # (and so do the pieces buffered behind a video's head piece: at most as many again)
-        held = self.workers + (2 * max(1, decode.queue_chunks) if self.native else 0)
+        held = self.workers + (max(1, decode.queue_chunks) if self.native else 0)
         self.source = source or local_source(
             replace(decode, budget_mb=decode.budget_mb / held), native=self.native
         )
@@ -401,7 +409,7 @@ class ExtractPipeline:
         ]
         shared = iter(tasks)
         lock = threading.Lock()
-        board = _Board(n, buffer_chunks=max(1, total // n))
+        board = _Board(n)
 
         def next_task(k: int) -> Iterator[VideoTask]:
             if fixed:
@@ -478,7 +486,7 @@ class ExtractPipeline:
             return None
         if not ranges:  # every frame already committed
             ranges = [(start, start)]
-        return board.add(_Pieces(task, video, ranges, put, board.buffer_chunks))
+        return board.add(_Pieces(task, video, ranges, put, board.lookahead))
 
     def _decode_piece(self, video: _Pieces, i: int, stop: threading.Event) -> bool:
         """Decode piece ``i`` of ``video`` into its place in the order; False once stopped."""

@@ -92,12 +92,17 @@ def test_one_video_keeps_every_decoder_busy(tmp_path: Path, tiny_siglip: Path) -
     threads = set()
     real = pipe._timed_chunks
 
+    def slow(chunks):  # type: ignore[no-untyped-def]
+        for item in chunks:  # as a real decoder takes time, the idle ones get to help
+            time.sleep(0.05)
+            yield item
+
     def spy(video_id, chunks):  # type: ignore[no-untyped-def]
         import threading
 
         threads.add(threading.get_ident())
         seen.append(video_id)
-        return real(video_id, chunks)
+        return real(video_id, slow(chunks))
 
     pipe._timed_chunks = spy  # type: ignore[method-assign]
     pipe.run([VideoTask("long", v.path)])
