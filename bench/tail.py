@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--frames-per-s", type=float, default=26.1, help="per decoder, 720p30")
     ap.add_argument("--mean-min", type=float, default=8.0)
     ap.add_argument("--sigma", type=float, default=1.0)
-    ap.add_argument("--piece-s", type=float, default=16.0, help="32 sampled frames at 2 FPS")
+    ap.add_argument("--piece-s", type=float, default=8.0, help="16 sampled frames at 2 FPS")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     durs = lengths(a.mean_min, a.sigma, a.seed)

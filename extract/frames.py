@@ -47,7 +47,7 @@ class DecodeOptions:
     workers: int | None = None
     # a video of at least twice this many sampled frames is cut at keyframes into pieces of
     # about this many, which idle decoders take (skip decoding only); 0 = one decoder per video
-    piece_frames: int = 32
+    piece_frames: int = 16
 
     MAX_FPS: ClassVar[float] = 240.0  # above any camera's rate: a typo, not a setting
 
