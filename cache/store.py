@@ -48,6 +48,7 @@ def init_store(
     features: dict[str, Any],
     provenance: dict[str, Any],
     stop_check: Callable[[], None] | None = None,
+    shard_assignment: str | None = None,
 ) -> dict[str, Any]:
     """Create the store at ``root``, or check that an existing one holds the same features.
 
@@ -57,7 +58,8 @@ def init_store(
     time) is recorded only when the store is created; each writer run journals its own.
     While another process holds the creation lock, ``stop_check`` (if given) is called every
     50 ms and may raise, so a signal stops a run that waits for the lock (``job=extract``
-    passes its stop request).
+    passes its stop request). ``shard_assignment`` (how the job gives videos to shards) is
+    recorded at creation, so later runs keep the rule the store was begun with.
     """
     import zarr
 
@@ -68,6 +70,8 @@ def init_store(
         "features": features,
         "provenance": provenance,
     }
+    if shard_assignment is not None:
+        attrs["shard_assignment"] = shard_assignment
     attrs = json.loads(json.dumps(attrs))  # normalise tuples etc. to what JSON gives back
     if is_url(root):
         return _init_object_store(open_storage(root), attrs)

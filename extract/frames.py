@@ -45,6 +45,9 @@ class DecodeOptions:
     # videos decoded in parallel by one task; None = the CPUs this process may use, less the
     # encoder's (extract.frames.default_workers)
     workers: int | None = None
+    # a video of at least twice this many sampled frames is cut at keyframes into pieces of
+    # about this many, which idle decoders take (skip decoding only); 0 = one decoder per video
+    piece_frames: int = 16
 
     MAX_FPS: ClassVar[float] = 240.0  # above any camera's rate: a typo, not a setting
 
@@ -65,6 +68,8 @@ class DecodeOptions:
             raise ValueError(f"job.decode.threads must be >= 0, got {self.threads}")
         if not self.budget_mb > 0:
             raise ValueError(f"job.decode.budget_mb must be > 0, got {self.budget_mb}")
+        if self.piece_frames < 0:
+            raise ValueError(f"job.decode.piece_frames must be >= 0, got {self.piece_frames}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"job.decode.workers must be >= 1 or null, got {self.workers}")
 
@@ -222,17 +227,30 @@ class FrameReader:
     def num_frames(self) -> int:
         return len(self.times)
 
-    def chunks(self, start_frame: int = 0) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-        """Yield the sampled frames from ``start_frame`` on, ``frames_per_call`` at a time."""
-        for frames, pts in self.native_chunks(start_frame):
+    def chunks(
+        self, start_frame: int = 0, stop_frame: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """Yield the sampled frames from ``start_frame`` on (up to ``stop_frame``, exclusive),
+        ``frames_per_call`` at a time."""
+        for frames, pts in self.native_chunks(start_frame, stop_frame):
             yield resize_pad(frames, self.size), pts
 
-    def native_chunks(self, start_frame: int = 0) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-        """As :meth:`chunks`, at the video's display size (before resize and pad)."""
-        for lo in range(start_frame, self.num_frames, self.frames_per_call):
-            ts = self.times[lo : lo + self.frames_per_call]
+    def native_chunks(
+        self, start_frame: int = 0, stop_frame: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """As :meth:`chunks`, at the video's display size (before resize and pad).
+
+        With ``stop_frame`` (a piece, see :meth:`pieces`) the frames come from a decoding pass
+        of their own, so pieces of one reader may be decoded by several threads at once.
+        """
+        stop = self.num_frames if stop_frame is None else min(stop_frame, self.num_frames)
+        own = None
+        if stop_frame is not None and self.sampler is not None and self._targets is not None:
+            own = self.sampler.decode(self._targets[start_frame:stop])
+        for lo in range(start_frame, stop, self.frames_per_call):
+            ts = self.times[lo : min(lo + self.frames_per_call, stop)]
             try:
-                yield self._decode_chunk(lo, ts)
+                yield self._decode_chunk(lo, ts) if own is None else self._take(own, ts)
             except Exception as e:  # noqa: BLE001 - reported as this video's failure
                 raise ValueError(
                     f"decoding failed at {ts[0]:.3f}-{ts[-1]:.3f} s "
@@ -240,12 +258,47 @@ class FrameReader:
                     f"{_one_line(e, self.path)}"
                 ) from None
 
+    def pieces(self, piece_frames: int, start_frame: int = 0) -> list[tuple[int, int]]:
+        """Sampled-frame ranges ``[lo, hi)`` covering ``start_frame`` to the end, each at least
+        ``piece_frames`` long and each but the first starting at the first frame displayed at
+        or after a keyframe: a piece decodes from its own keyframe, nothing twice. One range
+        when the video is short (under two pieces), when ``piece_frames`` is 0, or without
+        the skip decoder (torchcodec's decoder is one per reader)."""
+        n = self.num_frames
+        if (
+            not piece_frames
+            or self.sampler is None
+            or self._targets is None
+            or n - start_frame < 2 * piece_frames
+        ):
+            return [(start_frame, n)] if start_frame < n else []
+        cuts = np.searchsorted(self._targets, self.sampler.keyframe_pts(), side="left")
+        out, lo = [], start_frame
+        for cut in sorted(set(cuts.tolist())):
+            if cut - lo >= piece_frames and n - cut >= piece_frames:
+                out.append((lo, int(cut)))
+                lo = int(cut)
+        out.append((lo, n))
+        return out
+
+    def _take(
+        self, gen: Iterator[tuple[np.ndarray, int]], ts: np.ndarray
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """The next ``len(ts)`` frames of a decoding pass, as :meth:`_decode_chunk` gives them."""
+        assert self.sampler is not None
+        return self._stack([item for _, item in zip(range(len(ts)), gen, strict=False)], ts)
+
     def _decode_chunk(self, lo: int, ts: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         if self.sampler is None or self._targets is None:
             batch = self.decoder.get_frames_played_at(seconds=ts.tolist())
             return batch.data, batch.pts_seconds.numpy().astype(np.float64)
         gen = self.sampler.frames(self._targets, lo)
-        items = [item for _, item in zip(range(len(ts)), gen, strict=False)]
+        return self._stack([item for _, item in zip(range(len(ts)), gen, strict=False)], ts)
+
+    def _stack(
+        self, items: list[tuple[np.ndarray, int]], ts: np.ndarray
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        assert self.sampler is not None
         if len(items) < len(ts):
             raise ValueError(f"{len(ts) - len(items)} sampled frames missing at the end")
         rgb = torch.from_numpy(np.stack([a for a, _ in items])).permute(0, 3, 1, 2)
@@ -290,6 +343,14 @@ class SampledDecoder:
         """Stream ticks -> seconds, as torchcodec rounds them (``pts * num / den`` in double)."""
         num, den = self.time_base
         return pts.astype(np.float64) * num / den
+
+    def keyframe_pts(self) -> np.ndarray:
+        """The pts of every keyframe (where a decoding pass can start), in decode order."""
+        return np.array([pts for pts, _dts, key in self._packets if key], dtype=np.int64)
+
+    def decode(self, targets: np.ndarray) -> Iterator[tuple[np.ndarray, int]]:
+        """A decoding pass of its own for ``targets`` (no state shared with other passes)."""
+        return self._decode(targets)
 
     def targets(self, times: np.ndarray) -> np.ndarray:
         """The pts of the frame displayed at each time (the last frame with pts <= t)."""

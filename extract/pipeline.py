@@ -38,6 +38,8 @@ class VideoTask:
     video_id: str
     path: Path
     remote: RemoteObject | None = None
+    # the video stream's duration from the header (``jobs.assign``); None = not read
+    duration_seconds: float | None = None
 
 
 class FrameEncoder(Protocol):
@@ -132,7 +134,11 @@ class OpenedVideo(Protocol):
 
     record: dict[str, Any]
 
-    def chunks(self, start_frame: int) -> Iterator[tuple[torch.Tensor, np.ndarray]]: ...
+    def chunks(
+        self, start_frame: int, stop_frame: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """Chunks of sampled frames ``[start_frame, stop_frame)`` (to the end by default)."""
+        ...
 
 
 FrameSource = Callable[[VideoTask, int], OpenedVideo]
@@ -155,10 +161,15 @@ class _LocalVideo:
         self.record = {**probe_record(task, self.reader.probe, opts.fps)}
         self.record["num_frames"] = self.reader.num_frames
 
-    def chunks(self, start_frame: int) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    def pieces(self, piece_frames: int, start_frame: int) -> list[tuple[int, int]]:
+        return self.reader.pieces(piece_frames, start_frame)
+
+    def chunks(
+        self, start_frame: int, stop_frame: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
         if self.native:  # resized in the encoder's batch (on its GPU)
-            return self.reader.native_chunks(start_frame)
-        return self.reader.chunks(start_frame)
+            return self.reader.native_chunks(start_frame, stop_frame)
+        return self.reader.chunks(start_frame, stop_frame)
 
 
 def local_source(opts: DecodeOptions, native: bool = False) -> FrameSource:
@@ -191,6 +202,138 @@ def decode_workers(decode: DecodeOptions, encoder: Any) -> int:
         return decode.workers
     device = str(getattr(encoder, "device", "cpu"))
     return default_workers(torch.get_num_threads() if device == "cpu" else 1)
+
+
+def _reason(e: BaseException) -> str:
+    return str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+
+
+class _Pieces:
+    """One video being decoded as pieces (sampled-frame ranges, see ``FrameReader.pieces``).
+
+    Decoders claim pieces in order; the items of the lowest piece not yet ended (the head)
+    go straight to ``put``, those of later pieces wait in a buffer and follow once every piece
+    before has ended. So the frames leave in order whoever decoded them, and the encoder and
+    the store see the same stream as from one decoder. Memory: a helper claims a piece only
+    while fewer than ``lookahead`` pieces past the head are taken, so at most that many pieces
+    of a video wait in buffers. A failed piece stops further claims; its failure follows the
+    frames before it, as with one decoder.
+    """
+
+    def __init__(
+        self,
+        task: VideoTask,
+        video: OpenedVideo,
+        ranges: list[tuple[int, int]],
+        put: Callable[[object], bool],
+        lookahead: int,
+        release: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.task, self.video, self.ranges, self.put = task, video, ranges, put
+        self.lookahead = lookahead
+        self.release = release  # frees the video's file (a remote copy) once all pieces ended
+        self.cond = threading.Condition()
+        self.claimed = 0  # pieces [0, claimed) are taken (so the head always has a decoder)
+        self.head = 0
+        self.buffers: list[list[object]] = [[] for _ in ranges]
+        self.ended = [False] * len(ranges)
+        self.failed = False
+
+    def unclaimed_frames(self) -> int:
+        return sum(hi - lo for lo, hi in self.ranges[self.claimed :])
+
+    def claimable(self) -> bool:
+        """Whether a helper may take a piece now (one is left, within the lookahead)."""
+        return (
+            not self.failed
+            and self.claimed < len(self.ranges)
+            and self.claimed - self.head < self.lookahead
+        )
+
+    def claim(self, helper: bool = False) -> int | None:
+        """The next piece (the owner takes its video's pieces regardless of the lookahead)."""
+        with self.cond:
+            if self.failed or self.claimed >= len(self.ranges):
+                return None
+            if helper and not self.claimable():
+                return None
+            self.claimed += 1
+            return self.claimed - 1
+
+    def emit(self, i: int, item: object, stop: threading.Event) -> bool:
+        with self.cond:
+            if i != self.head:
+                self.buffers[i].append(item)
+                return not stop.is_set()
+        return self.put(item)  # only piece i's decoder emits while piece i is the head
+
+    def end(self, i: int, failed: bool = False) -> bool | None:
+        """Piece ``i`` is decoded: release the buffered pieces that are now next. Returns
+        whether the whole video has left (``None``: stopped while releasing)."""
+        with self.cond:
+            self.ended[i] = True
+            if failed:
+                self.failed = True
+                for j in range(self.claimed, len(self.ranges)):  # never to be decoded
+                    self.ended[j] = True
+                self.claimed = len(self.ranges)
+            while self.head < len(self.ranges) and self.ended[self.head]:
+                self.head += 1
+                if self.head < len(self.ranges):
+                    for item in self.buffers[self.head]:
+                        if not self.put(item):
+                            return None
+                    self.buffers[self.head] = []
+            self.cond.notify_all()
+            done = self.head == len(self.ranges)
+        if done:  # no decoder reads the file any more
+            self.release()
+        return done
+
+    def wait_finished(self, stop: threading.Event) -> None:
+        with self.cond:
+            while self.head < len(self.ranges) and not stop.is_set():
+                self.cond.wait(0.1)
+
+
+class _Board:
+    """The videos the decoders of one pipeline have open, for idle decoders to help with."""
+
+    def __init__(self, owners: int) -> None:
+        self.cond = threading.Condition()
+        self.videos: list[_Pieces] = []
+        self.owners = owners  # decoders still taking videos of their own
+        self.lookahead = max(1, owners)  # pieces past a video's head its helpers may take
+
+    def add(self, video: _Pieces) -> _Pieces:
+        with self.cond:
+            if len(video.ranges) > 1:
+                self.videos.append(video)
+                self.cond.notify_all()
+        return video
+
+    def owner_done(self) -> None:
+        with self.cond:
+            self.owners -= 1
+            self.cond.notify_all()
+
+    def take(self, stop: threading.Event) -> tuple[_Pieces, int] | None:
+        """The next piece of the video with the most frames not yet claimed; ``None`` once no
+        decoder can open another video and every piece is claimed."""
+        with self.cond:
+            while not stop.is_set():
+                self.videos = [v for v in self.videos if v.claimed < len(v.ranges) and not v.failed]
+                free = [v for v in self.videos if v.claimable()]
+                if free:
+                    video = max(free, key=_Pieces.unclaimed_frames)
+                    i = video.claim(helper=True)
+                    if i is not None:
+                        return video, i
+                    continue
+                if self.owners <= 0 and not self.videos:
+                    return None
+                self.cond.wait(0.05)  # a head moves on, or a decoder opens another video
+        return None
 
 
 class ExtractPipeline:
@@ -266,13 +409,16 @@ class ExtractPipeline:
         # per video: seconds its decoder worked and its share of encoder time (job=status)
         self._rates: dict[str, dict[str, float]] = {}
 
-    # -- decoders (several videos in parallel, each video's chunks in order) ----------------
+    # -- decoders (several videos in parallel, each video's frames in order) ---------------
 
     def _decoders(self, tasks: Sequence[VideoTask], stop: threading.Event) -> _Decoders:
         """Start the decode threads. ``fixed`` batching: thread k decodes ``tasks[k::n]`` into
         its own queue, read back in task order (so batches do not depend on timing);
-        ``dynamic``: the threads take the next task as they free up, into one shared queue."""
-        n = max(1, min(self.workers, len(tasks)))
+        ``dynamic``: the threads take the next task as they free up, into one shared queue.
+        A thread that has no video of its own left takes pieces of the others' (see
+        :class:`_Pieces`), so one long video at the end still keeps every decoder busy."""
+        pieces = self.decode.piece_frames > 0
+        n = max(1, self.workers if pieces else min(self.workers, len(tasks)))
         total = max(1, self.decode.queue_chunks)
         fixed = self.batching == "fixed"
         queues: list[queue.Queue] = [
@@ -280,6 +426,7 @@ class ExtractPipeline:
         ]
         shared = iter(tasks)
         lock = threading.Lock()
+        board = _Board(n)
 
         def next_task(k: int) -> Iterator[VideoTask]:
             if fixed:
@@ -294,13 +441,15 @@ class ExtractPipeline:
 
         threads = []
         for k in range(n):
-            args = (next_task(k), queues[k if fixed else 0], stop)
+            args = (next_task(k), queues[k if fixed else 0], board, stop)
             threads.append(threading.Thread(target=self._produce, args=args, daemon=True))
         for t in threads:
             t.start()
         return _Decoders(queues, threads, n)
 
-    def _produce(self, tasks: Iterable[VideoTask], out: queue.Queue, stop: threading.Event) -> None:
+    def _produce(
+        self, tasks: Iterable[VideoTask], out: queue.Queue, board: _Board, stop: threading.Event
+    ) -> None:
         def put(item: object) -> bool:
             while not stop.is_set():
                 try:
@@ -310,29 +459,79 @@ class ExtractPipeline:
                     continue
             return False
 
+        owner = True
         try:
             for task in tasks:
                 if stop.is_set():
                     return
-                self._produce_one(task, put)
+                video = self._open(task, put, board)
+                if video is None:
+                    continue
+                while (i := video.claim()) is not None:
+                    if not self._decode_piece(video, i, stop):
+                        return
+                if self.batching == "fixed":  # its queue holds its videos in order
+                    video.wait_finished(stop)
+            board.owner_done()
+            owner = False
+            while (got := board.take(stop)) is not None:  # help the videos still decoding
+                if not self._decode_piece(*got, stop):
+                    return
         finally:
+            if owner:
+                board.owner_done()
             put(_DONE)
 
-    def _produce_one(self, task: VideoTask, put: Any) -> None:
+    def _open(
+        self, task: VideoTask, put: Callable[[object], bool], board: _Board
+    ) -> _Pieces | None:
+        """Start a video in the sink and open it, cut into pieces (``None``: it failed)."""
         record = probe_record(task, None, self.decode.fps)
+        fetched = contextlib.ExitStack()
         try:
-            with self.fetch(task) as local:  # a remote video: downloaded, removed after
-                with self._sink_lock:
-                    start = self.sink.start(task.video_id)
-                video = self.source(local, self.size)
-                record = video.record
-                for frames, pts in self._timed_chunks(task.video_id, video.chunks(start)):
-                    if not put(_Frames(task.video_id, frames, pts, record)):
-                        return
-                put(_End(task.video_id, record))
+            # A remote video is downloaded here and its copy removed once every piece of it
+            # has been decoded (``_Pieces.release``), whichever decoder ends last.
+            local = fetched.enter_context(self.fetch(task))
+            with self._sink_lock:
+                start = self.sink.start(task.video_id)
+            video = self.source(local, self.size)
+            record = video.record
+            cut = getattr(video, "pieces", None)  # a source without pieces: one decoder
+            ranges = (
+                cut(self.decode.piece_frames, start)
+                if cut is not None and self.decode.piece_frames
+                else [(start, int(record["num_frames"]))]
+            )
         except Exception as e:  # noqa: BLE001 - every per-video failure is recorded, not raised
-            msg = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
-            put(_Fail(task.video_id, record, msg))
+            fetched.close()
+            put(_Fail(task.video_id, record, _reason(e)))
+            return None
+        if not ranges:  # every frame already committed
+            ranges = [(start, start)]
+        pieces = _Pieces(task, video, ranges, put, board.lookahead, release=fetched.close)
+        return board.add(pieces)
+
+    def _decode_piece(self, video: _Pieces, i: int, stop: threading.Event) -> bool:
+        """Decode piece ``i`` of ``video`` into its place in the order; False once stopped."""
+        vid, record = video.task.video_id, video.video.record
+        lo, hi = video.ranges[i]
+        try:
+            # one piece: the reader's own pass (a resumed Ray or local reader continues it)
+            one = len(video.ranges) == 1
+            chunks = video.video.chunks(lo) if one else video.video.chunks(lo, hi)
+            for frames, pts in self._timed_chunks(vid, chunks):
+                if not video.emit(i, _Frames(vid, frames, pts, record), stop):
+                    return False
+            finished = video.end(i)
+        except Exception as e:  # noqa: BLE001 - every per-video failure is recorded, not raised
+            if not video.emit(i, _Fail(vid, record, _reason(e)), stop):
+                return False
+            finished = video.end(i, failed=True)
+        if finished is None:
+            return False
+        if finished and not video.failed:
+            return video.put(_End(vid, record))
+        return True
 
     def _timed_chunks(
         self, video_id: str, chunks: Iterator[tuple[torch.Tensor, np.ndarray]]

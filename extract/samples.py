@@ -261,6 +261,7 @@ def make_vfr_video(
     width: int = 320,
     height: int = 240,
     last_duration: float = 1 / 30,
+    gop: int | None = None,
 ) -> GeneratedVideo:
     """Encode a variable-frame-rate H.264 mp4 where frame k shows index k at pts_seconds[k].
 
@@ -292,7 +293,8 @@ def make_vfr_video(
     cmd = _ffmpeg("-filter_complex", f"{graph}[v]", "-map", "[v]", "-frames:v", str(len(ticks)),
                   "-fps_mode", "passthrough", "-enc_time_base", "1:90000",
                   "-video_track_timescale", "90000", *_ENCODER_ARGS["h264"], "-bf", "0",
-                  "-pix_fmt", "yuv420p", "-an", "-movflags", "+faststart", str(path))  # fmt: skip
+                  "-pix_fmt", "yuv420p", "-an", "-movflags", "+faststart")  # fmt: skip
+    cmd += [*(["-g", str(gop)] if gop is not None else []), str(path)]
     _run(cmd)
     pts = tuple(t / 90_000 for t in ticks)
     return GeneratedVideo(path, cmd, None, len(ticks), width, height, pts)
@@ -437,20 +439,22 @@ DECODE_KINDS: dict[str, tuple[str, Codec, tuple[str, ...]]] = {
 
 
 def make_decode_kinds(
-    directory: str | os.PathLike[str], *, seconds: float = 3, fps: int = 30
+    directory: str | os.PathLike[str], *, seconds: float = 3, fps: int = 30, gop: int | None = None
 ) -> dict[str, GeneratedVideo]:
-    """One video per ``DECODE_KINDS`` entry plus ``vfr`` (variable frame rate), 160x120."""
+    """One video per ``DECODE_KINDS`` entry plus ``vfr`` (variable frame rate), 160x120;
+    ``gop`` sets every file's keyframe interval (``-g``; None: each kind's own)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     out = {}
     for name, (suffix, codec, extra) in DECODE_KINDS.items():
         path = d / f"{name}{suffix}"
         out[name] = make_video(
-            path, seconds=seconds, fps=fps, width=160, height=120, codec=codec, extra_args=extra
-        )
+            path, seconds=seconds, fps=fps, width=160, height=120, codec=codec,
+            extra_args=(*extra, *(("-g", str(gop)) if gop is not None else ())),
+        )  # fmt: skip
     pts, t = [], 0.0
     for k in range(int(seconds * fps)):
         pts.append(round(t, 4))
         t += (1 if k % 3 else 2.5) / fps  # irregular gaps
-    out["vfr"] = make_vfr_video(d / "vfr.mp4", pts_seconds=pts, width=160, height=120)
+    out["vfr"] = make_vfr_video(d / "vfr.mp4", pts_seconds=pts, width=160, height=120, gop=gop)
     return out

@@ -39,6 +39,7 @@ from extract.pipeline import (
     VideoTask,
 )
 from extract.remote import Prefetcher, RemoteOptions
+from jobs.assign import assignment_of, longest_first, shard_videos, with_durations
 from jobs.extract_ray import RayExtraction
 from jobs.inputs import resolve_inputs
 from jobs.launch import signals
@@ -218,6 +219,17 @@ def check_store_settings(spec: ExtractSpec) -> None:
             )
 
 
+def balanced_store(store: str | Path) -> bool:
+    """Whether a run's shards are balanced by duration: a new store, or one that says so. A
+    store made before keeps shards by count, so its videos (and their partial frames) stay
+    in the shards that hold them."""
+    try:
+        attrs = read_store_attrs(store)  # a folder or an object-storage URL
+    except FileNotFoundError:
+        return True
+    return attrs.get("shard_assignment") == "duration"
+
+
 def indexed_videos(store: str | Path) -> dict[str, VideoEntry]:
     """The store's index entries by video id (none before the store exists)."""
     return load_index(store).videos if store_exists(store) else {}
@@ -233,7 +245,7 @@ def shard_todo(
     if known is None:
         known = indexed_videos(spec.store)
     todo, skipped = [], 0
-    for v in spec.videos[shard::shard_count]:
+    for v in shard_videos(spec.videos, shard, shard_count):
         entry = known.get(v.video_id)
         if entry is not None and (
             entry.status == "done" or (entry.status == "failed" and not spec.retry_failed)
@@ -279,6 +291,7 @@ def run_shard(
                 features=features_of(spec, enc, layout),
                 provenance=prov,
                 stop_check=signals.check,  # a signal stops a wait for the creation lock
+                shard_assignment=assignment_of(spec.videos),
             )
             with (
                 contextlib.ExitStack() as stack,
@@ -293,7 +306,8 @@ def run_shard(
                 ) as writer,
             ):
                 # Re-read under the shard's lock: another run may have just finished some.
-                todo = shard_todo(spec, shard, shard_count)[0]
+                # Longest first: a long video started last would be the task's tail.
+                todo = longest_first(with_durations(shard_todo(spec, shard, shard_count)[0]))
                 prefetch = stack.enter_context(Prefetcher(todo, spec.remote))
                 pipe = ExtractPipeline(
                     enc,
@@ -414,6 +428,8 @@ class ExtractJob:
         t0, submitted_at = time.perf_counter(), time.time()
         found = resolve_inputs(self.videos, self.spec.videos_root, self.spec.remote)
         inputs = found.tasks
+        if balanced_store(self.spec.store):  # shards get equal durations (jobs/assign.py)
+            inputs = with_durations(inputs)
         spec = replace(self.spec, videos=tuple(inputs))
         check_store_settings(spec)  # before any decision to skip
         known = indexed_videos(spec.store)  # read once here, not once per shard

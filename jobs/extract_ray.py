@@ -90,7 +90,13 @@ def probe_video(path: str, video_id: str, size: int, opts: DecodeOptions) -> dic
     reader = open_reader(path, size, opts)
     record = probe_record(VideoTask(video_id, Path(path)), reader.probe, opts.fps)
     record["num_frames"] = reader.num_frames
-    return {"record": record, "frames_per_call": reader.frames_per_call}
+    # keyframe-aligned pieces (from the start; a resumed video is cut again from its resume
+    # point by RayVideo.pieces): the shard's idle decoder threads take them
+    return {
+        "record": record,
+        "frames_per_call": reader.frames_per_call,
+        "keyframe_starts": [lo for lo, _ in reader.pieces(1)] if opts.piece_frames else [],
+    }
 
 
 def decode_range(
@@ -167,18 +173,35 @@ class RayVideo:
         size: int,
         record: dict[str, Any],
         frames_per_call: int,
+        keyframe_starts: Sequence[int] = (),
     ) -> None:
         self.source = source
         self.task = task
         self.size = size
         self.record = record
         self.frames_per_call = frames_per_call
+        self.keyframe_starts = list(keyframe_starts)
         self.in_flight: collections.deque[Any] = collections.deque()
         self.submitted = 0
         self.peak_in_flight = 0
 
-    def chunks(self, start_frame: int) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-        """Yield ``(frames, pts)`` chunks from ``start_frame`` on, in order.
+    def pieces(self, piece_frames: int, start_frame: int) -> list[tuple[int, int]]:
+        """Ranges of at least ``piece_frames`` sampled frames from ``start_frame``, cut where a
+        keyframe starts (as ``FrameReader.pieces``), for the shard's decoder threads to take;
+        each piece's chunks are decoded by Ray tasks as a whole video's are."""
+        n = int(self.record["num_frames"])
+        out, lo = [], start_frame
+        if piece_frames and n - start_frame >= 2 * piece_frames:
+            for cut in self.keyframe_starts:
+                if cut - lo >= piece_frames and n - cut >= piece_frames:
+                    out.append((lo, cut))
+                    lo = cut
+        return [*out, (lo, n)] if lo < n else out
+
+    def chunks(
+        self, start_frame: int, stop_frame: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """Yield ``(frames, pts)`` chunks from ``start_frame`` on (to ``stop_frame``), in order.
 
         At most ``max_in_flight`` decode tasks are outstanding (submitted, result not yet taken);
         a finished chunk's slot is refilled before the chunk is handed over, so decoding goes on
@@ -190,31 +213,36 @@ class RayVideo:
             num_cpus=src.decode_num_cpus, max_retries=src.max_retries
         )
         n = int(self.record["num_frames"])
+        if stop_frame is not None:
+            n = min(n, stop_frame)
         starts = iter(range(start_frame, n, self.frames_per_call))
         path = str(self.task.path)
+        # one window per call: the pieces of one video are decoded by several threads at once
+        in_flight: collections.deque[Any] = collections.deque()
+        self.in_flight = in_flight
 
         def fill() -> None:
-            while len(self.in_flight) < src.max_in_flight:
+            while len(in_flight) < src.max_in_flight:
                 lo = next(starts, None)
                 if lo is None:
                     return
                 hi = min(lo + self.frames_per_call, n)
-                self.in_flight.append(decode.remote(path, self.size, src.opts, lo, hi))
+                in_flight.append(decode.remote(path, self.size, src.opts, lo, hi))
                 self.submitted += 1
-                self.peak_in_flight = max(self.peak_in_flight, len(self.in_flight))
+                self.peak_in_flight = max(self.peak_in_flight, len(in_flight))
 
         try:
             fill()
-            while self.in_flight:
-                frames, pts = _get_decoded(ray, self.in_flight[0])
-                self.in_flight.popleft()
+            while in_flight:
+                frames, pts = _get_decoded(ray, in_flight[0])
+                in_flight.popleft()
                 fill()
                 # Copies: object-store arrays are read-only, and a copy frees the store's buffer.
                 yield torch.from_numpy(np.array(frames)), np.array(pts, dtype=np.float64)
         finally:
-            if self.in_flight:  # the caller stopped early (a failure, a shutdown)
-                _abandon(ray, list(self.in_flight))
-                self.in_flight.clear()
+            if in_flight:  # the caller stopped early (a failure, a shutdown)
+                _abandon(ray, list(in_flight))
+                in_flight.clear()
 
 
 @dataclass(frozen=True)
@@ -241,7 +269,10 @@ class RaySource:
             num_cpus=self.decode_num_cpus, max_retries=self.max_retries
         )
         info = _get_decoded(ray, probe.remote(str(task.path), task.video_id, size, self.opts))
-        return RayVideo(self, task, size, info["record"], int(info["frames_per_call"]))
+        return RayVideo(
+            self, task, size, info["record"], int(info["frames_per_call"]),
+            info.get("keyframe_starts", ()),
+        )  # fmt: skip
 
 
 # -- encoding in Ray actors --------------------------------------------------------------------
