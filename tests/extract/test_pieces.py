@@ -152,7 +152,10 @@ def test_kill_9_mid_video_with_pieces_then_rerun_equals_a_clean_run(
 
 
 def _tasks(durations: list[float | None]) -> list[VideoTask]:
-    return [VideoTask(f"v{i:03d}", Path(f"/x/v{i:03d}.mp4"), d) for i, d in enumerate(durations)]
+    return [
+        VideoTask(f"v{i:03d}", Path(f"/x/v{i:03d}.mp4"), duration_seconds=d)
+        for i, d in enumerate(durations)
+    ]
 
 
 def test_shards_are_balanced_by_duration_and_stable() -> None:
