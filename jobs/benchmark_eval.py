@@ -17,7 +17,6 @@ import functools
 import json
 import math
 import os
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,16 +233,21 @@ def table(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def submission(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The Ego4D LTA challenge's JSON: ``{clip_uid}_{last_visible_action_idx}`` -> the 5 beams'
-    20 verb and 20 noun ids."""
-    return {
-        f"{r['meta']['clip_uid']}_{r['meta']['last_visible_action_idx']}": {
-            "verb": r["score"]["verb_ids"],
-            "noun": r["score"]["noun_ids"],
+    """The Ego4D LTA challenge's JSON (``models.lta_metrics.lta_submission``) from result
+    lines: each line's meta and its beams' parsed (verb, noun) ids."""
+    from models.lta_metrics import lta_submission
+
+    return lta_submission(
+        {
+            **r["meta"],
+            "beams": [
+                list(zip(v, n, strict=True))
+                for v, n in zip(r["score"]["verb_ids"], r["score"]["noun_ids"], strict=True)
+            ],
         }
         for r in records
         if r["task"] == "lta"
-    }
+    )
 
 
 def merge_benchmarks(spec: EvalSpec, found: BenchmarkSet) -> dict[str, Any]:
@@ -296,8 +300,3 @@ def summary_line(summary: dict[str, Any]) -> str:
     skipped = sum(counts["skipped"].values())
     head = f"{counts['evaluated']}/{counts['built']} questions evaluated, {skipped} skipped"
     return head + (": " + ", ".join(parts) if parts else "")
-
-
-def skipped_counts(found: BenchmarkSet) -> Counter[str]:
-    """Every skip and adjustment by reason (for the log)."""
-    return Counter({**found.skipped, **found.adjusted})
