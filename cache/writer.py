@@ -1,17 +1,17 @@
-"""The single writer of one shard of a store, and the check for a live one.
+"""The single writer of one shard of a store: the commit protocol, written once for both kinds
+of storage (a POSIX folder, object storage) against :class:`cache.shardlog.ShardLog`.
 
-Segments are staged, fsynced, renamed into place and only then journalled, so a kill at any moment
-leaves a consistent shard (the commit protocol is in docs/cache.md).
+A segment is written whole and published (renamed into place, or put under a unique prefix)
+and only then journalled together with the videos it finishes, so a kill at any moment leaves
+a consistent shard (docs/cache.md, docs/object-storage.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
-import shutil
 import socket
 import time
 import uuid
@@ -22,38 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from cache.journal import append_records, build_index, load_index, read_journal
-from cache.layout import StoreLayout, journal_path, lock_path, segment_name, segment_seq, shard_dir
-from cache.objectlog import (
-    LEASE_TTL_S,
-    Lease,
-    RecordLog,
-    ShardFencedError,
-    ShardLeaseHeld,
-    collect_garbage,
-    read_records,
-    segment_names,
-    segment_prefix,
-    shard_leased,
-)
-from cache.segments import (
-    adopt_segments,
-    checksum,
-    chunk_checksums,
-    features_digest,
-    write_marks,
-)
-from cache.storage import is_url, open_storage, store_location
+from cache.layout import StoreLayout
+from cache.objectlog import LEASE_TTL_S
+from cache.segments import checksum, chunk_checksums, features_digest
+from cache.shardlog import ShardLockedError, shard_log
+from cache.storage import store_location
 from cache.store import read_store_attrs
 
+__all__ = ["ShardLockedError", "ShardWriter"]
+
 log = logging.getLogger(__name__)
-
-_GROUP_META = b'{"zarr_format":3,"node_type":"group","attributes":{}}'
-
-
-def object_segment_seq(name: str) -> int | None:
-    """The sequence number of a segment on object storage (``seg-NNNNNN-UNIQUE``)."""
-    return segment_seq(name.rsplit("-", 1)[0]) if name.count("-") == 2 else None
 
 
 @dataclass
@@ -71,10 +49,6 @@ class _Pending:
     @property
     def frames(self) -> int:
         return sum(len(t) for t in self.tokens)
-
-
-class ShardLockedError(RuntimeError):
-    pass
 
 
 class ShardWriter:
@@ -115,80 +89,23 @@ class ShardWriter:
             "pid": os.getpid(),
             "provenance": provenance or {},
         }
-        self._lock_fd = -1
-        self._lease: Lease | None = None
-        if isinstance(self.root, str):
-            self._open_object(run, lease_ttl_s, break_lease, stop_check)
-        else:
-            self._open_local(self.root, run)
+        self._log = shard_log(
+            self.root,
+            shard,
+            lease_ttl_s=lease_ttl_s,
+            break_lease=break_lease,
+            stop_check=stop_check,
+        )
+        opened = self._log.open(run)
+        self._open = True
+        self.repairs = opened.repairs
+        self._next_seq = opened.next_seq
+        self._partial = {v: p for v, p in opened.index.partial.items() if p.shard == shard}
         self._pending: dict[str, _Pending] = {}
         self._flushing: list[_Pending] = []  # finished videos whose frames are still buffered
         self._finals: list[dict[str, Any]] = []
         self._buffered = 0
         self._last_commit = time.monotonic()
-
-    def _open_local(self, root: Path, run: dict[str, Any]) -> None:
-        """Take the shard's lock, repair its journal, and journal the run (format 1 on a POSIX
-        file system: an appended journal, a flock, renamed segment folders)."""
-        shard = self.shard
-        self.dir = shard_dir(root, shard)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if not (self.dir / "zarr.json").exists():  # so Zarr clients can walk the hierarchy
-            import zarr
-
-            zarr.open_group(self.dir, mode="a", zarr_format=3)
-        self.journal = journal_path(root, shard)
-        self.journal.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = take_lock(root, shard)
-        # Damaged lines dropped (their videos are redone), unjournalled segments re-indexed.
-        self.repairs = adopt_segments(root, shard)
-        records = read_journal(self.journal)
-        # Past every segment name, journalled or on disk (a kept folder is never written over).
-        names = [r["segment"] for r in records if r.get("kind") == "segment"]
-        names += [c.name for c in self.dir.iterdir()]
-        seqs = [q for q in map(segment_seq, names) if q is not None]
-        self._next_seq = 1 + max(seqs, default=-1)
-        self._partial = {vid: p for vid, p in load_index(root).partial.items() if p.shard == shard}
-        append_records(self.journal, [run])
-
-    def _open_object(
-        self,
-        run: dict[str, Any],
-        ttl_s: float,
-        break_lease: bool,
-        stop_check: Callable[[], None] | None,
-    ) -> None:
-        """Take the shard's lease, then claim its journal with the run's record (from then on
-        an earlier holder's commits are refused), then remove segments no record names."""
-        shard = self.shard
-        self.storage = open_storage(self.root)
-        self._lease = Lease(
-            self.storage, shard, ttl_s=ttl_s, break_lease=break_lease, stop_check=stop_check
-        )
-        try:
-            self._lease.acquire()
-        except ShardLeaseHeld as e:
-            self._lease = None
-            raise ShardLockedError(str(e)) from None
-        try:
-            self._log = RecordLog(self.storage, shard)
-            self._log.claim([run])
-            journals = read_records(self.storage)
-            records = journals.get(shard, [])
-            self.repairs = collect_garbage(self.storage, shard, segment_names(records))
-            for m in self.repairs:
-                log.warning("%s", m)
-            group = f"shards/{shard:05d}/zarr.json"  # so Zarr clients can walk the hierarchy
-            if self.storage.get(group) is None:
-                self.storage.put(group, _GROUP_META)
-            seqs = [object_segment_seq(r["segment"]) for r in records if r.get("kind") == "segment"]
-            self._next_seq = 1 + max((q for q in seqs if q is not None), default=-1)
-            index = build_index(journals)
-            self._partial = {v: p for v, p in index.partial.items() if p.shard == shard}
-        except BaseException:
-            self._lease.release()
-            self._lease = None
-            raise
 
     # -- per video -------------------------------------------------------------------------
 
@@ -286,28 +203,16 @@ class ShardWriter:
         now = time.time()
         for final in self._finals:
             final["committed_at"] = now
-        seg = segment_name(self._next_seq)
-        if self._lease is not None:
-            if self._lease.lost:  # known already: write nothing more
-                raise ShardFencedError(
-                    f"shard {self.shard} of {self.root}: this writer lost its lease (another "
-                    "writer took the shard over): it stops, its uncommitted work is discarded"
-                )
-            # A unique prefix: a fenced writer's late segment never lands on a committed one.
-            seg = f"{seg}-{uuid.uuid4().hex[:8]}"
+        self._log.check_owner()
+        seg = self._log.segment_name(self._next_seq)
         try:
             if groups:
                 records += self._write_segment(seg, groups, self._finals)
             records += self._finals
-            if self._lease is not None:
-                self._log.append(records)  # one object, create-if-absent: all or nothing
-            else:
-                append_records(self.journal, records)  # all or nothing
+            self._log.commit(records)  # all or nothing
         except BaseException:
-            if groups and self._lease is None:  # not journalled: the frames stay buffered
-                shutil.rmtree(self.dir / seg, ignore_errors=True)
-            # On object storage an unjournalled segment is garbage that the next lease holder
-            # removes (a write whose answer was lost may have committed it).
+            if groups:  # not journalled: the frames stay buffered
+                self._log.discard(seg)
             raise
         self._next_seq += bool(groups)
         for g in groups:
@@ -325,7 +230,7 @@ class ShardWriter:
     def _write_segment(
         self, seg: str, groups: list[_Pending], finals: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        """Stage, fsync and rename one segment; its journal lines. The segment's attributes
+        """Write and publish one segment; its journal lines. The segment's attributes
         repeat those lines (and the videos it completes) so a lost journal can be rebuilt."""
         lay = self.layout
         tokens = np.concatenate([t for g in groups for t in g.tokens])
@@ -370,20 +275,7 @@ class ShardWriter:
             # file swapped with another of the same size is an error, not wrong numbers.
             "chunks": {"frames": chunk, "tokens_crc32c": chunk_checksums(tokens, chunk)},
         }
-        if self._lease is not None:
-            prefix = segment_prefix(self.shard, seg)
-            self._stage(self.storage.zarr_store(prefix, read_only=False), attrs, tokens, pts)
-            # Its files, listed in the record: a reader checks them with one list.
-            segment["files"] = [k[len(prefix) :] for k in self.storage.list(prefix)]
-            return [segment, *starts, *pieces]
-        staging = self.dir / f".staging-{seg}-{uuid.uuid4().hex[:8]}"
-        try:
-            self._stage(staging, attrs, tokens, pts)
-        except BaseException:  # e.g. a full disk: leave no half-written staging folder
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        os.rename(staging, self.dir / seg)
-        _fsync_dir(self.dir)
+        segment.update(self._log.publish(seg, lambda to: self._stage(to, attrs, tokens, pts)))
         return [segment, *starts, *pieces]
 
     def _stage(
@@ -420,12 +312,10 @@ class ShardWriter:
             dimension_names=("frame",),
         )
         parr[...] = pts
-        if isinstance(staging, Path):
-            _fsync_tree(staging)
 
     def close(self) -> None:
         """Commit what is buffered (unfinished videos keep their committed frames for resume)."""
-        if self._lock_fd < 0 and self._lease is None:
+        if not self._open:
             return
         try:
             self.commit()
@@ -434,12 +324,8 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Release the shard without committing buffered frames."""
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
-        if self._lease is not None:
-            self._lease.release()
-            self._lease = None
+        self._open = False
+        self._log.release()
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -466,38 +352,7 @@ def shard_locked(root: str | Path, shard: int) -> bool:
     """Whether a live writer holds shard ``shard`` of the store at ``root`` (its lock is released
     when the writer closes or its process dies, so a killed writer's shard reads as free). On
     object storage: whether its lease is unreleased and was renewed within its time-to-live."""
-    if is_url(root):
-        return shard_leased(open_storage(root), shard)
-    lock = lock_path(Path(root), shard)
-    if not lock.exists():
-        return False
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def _fsync_tree(path: Path) -> None:
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return shard_log(root, shard).held()
 
 
 def fingerprint(path: str | Path, *, content: bool = True) -> dict[str, Any]:
@@ -526,44 +381,12 @@ def _changed(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in keys)
 
 
-def take_lock(root: Path, shard: int) -> int:
-    """Take the shard's writer lock (its fd; closing it releases), or raise ShardLockedError."""
-    lock = lock_path(root, shard)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ShardLockedError(
-            f"shard {shard} of {root} is being written by another process "
-            f"(lock {lock}); one writer per shard"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
-    return fd
-
-
 @contextlib.contextmanager
 def holding_shard(root: str | Path, shard: int) -> Iterator[None]:
     """Hold shard ``shard``'s writer lock (for repairs outside a writer); on object storage its
     lease (waiting for a dead writer's lease to lapse)."""
-    if is_url(root):
-        lease = Lease(open_storage(root), shard)
-        try:
-            lease.acquire()
-        except ShardLeaseHeld as e:
-            raise ShardLockedError(str(e)) from None
-        try:
-            yield
-        finally:
-            lease.release()
-        return
-    fd = take_lock(Path(root), shard)
-    try:
+    with shard_log(root, shard).hold():
         yield
-    finally:
-        os.close(fd)
 
 
 def mark_damaged(
@@ -580,8 +403,6 @@ def mark_damaged(
          "why": why if isinstance(why, str) else why[v], "at": now}
         for v, a in attempts.items()
     ]  # fmt: skip
-    with holding_shard(root, shard):
-        if is_url(root):  # a record of its own (records are immutable: no side copy needed)
-            RecordLog(open_storage(root), shard).claim(marks)
-        else:
-            write_marks(Path(root), shard, marks)
+    backend = shard_log(root, shard)
+    with backend.hold():
+        backend.mark(marks)

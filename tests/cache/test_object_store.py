@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from cache import ShardWriter, StoreLayout, init_store, load_index, open_store
+from cache.objectlog import Lease
+from cache.shardlog import ObjectShardLog
 from cache.storage import LocalStorage, Storage, Version, open_storage
 from tests.cache.test_store import D, N, frames, write_video
 
@@ -73,13 +75,19 @@ def test_a_server_without_conditional_writes_is_refused(tmp_path: Path) -> None:
     check_conditional_writes(LocalStorage(tmp_path))  # the real thing passes
 
 
+def _lease(w: ShardWriter) -> Lease:
+    """The lease a writer on object storage holds."""
+    assert isinstance(w._log, ObjectShardLog) and w._log._lease is not None
+    return w._log._lease
+
+
 def _stall(w: ShardWriter) -> None:
     """Freeze a writer's lease as a stopped process would (its heartbeat stops, nothing is
     released): what SIGSTOP or a long GC pause does to it."""
-    assert w._lease is not None
-    w._lease._stop.set()
-    if w._lease._thread is not None:
-        w._lease._thread.join()
+    lease = _lease(w)
+    lease._stop.set()
+    if lease._thread is not None:
+        lease._thread.join()
 
 
 def test_a_lapsed_lease_is_taken_over_after_its_ttl_saying_so(
@@ -124,7 +132,7 @@ def test_a_fenced_writer_never_commits(s3_bucket: str, knows: bool) -> None:
     with ShardWriter(root, 0, lease_ttl_s=1.0) as b:
         write_video(b, 2, 5)
     if knows:
-        assert a._lease is not None and not a._lease.renew() and a._lease.lost
+        assert not _lease(a).renew() and _lease(a).lost
     with pytest.raises(ShardFencedError, match="took this shard over|lost its lease"):
         a.finish("v9", {"num_frames": 3})
         a.commit()
@@ -157,7 +165,7 @@ def test_unreferenced_segments_are_removed_by_the_next_holder(
     with pytest.raises(KeyboardInterrupt):
         write_video(w, 2, 9)
     monkeypatch.undo()
-    w._lease.release()  # type: ignore[union-attr]
+    _lease(w).release()
     storage = open_storage(root)
     segs = {k.split("/")[2] for k in storage.list("shards/00000/") if k.count("/") >= 3}
     assert len(segs) == 2  # one committed, one written under its own prefix, never committed
