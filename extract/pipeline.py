@@ -130,7 +130,9 @@ def to_storage(tokens: torch.Tensor, dtype: OutDtype) -> np.ndarray:
 
 
 class OpenedVideo(Protocol):
-    """A video ready to decode: its index fields (incl. ``num_frames``) and its frame chunks."""
+    """A video ready to decode: its index fields (incl. ``num_frames``) and its frame chunks.
+    One that holds something until it is decoded has a ``close()``, called once its last
+    piece has ended."""
 
     record: dict[str, Any]
 
@@ -495,6 +497,9 @@ class ExtractPipeline:
             with self._sink_lock:
                 start = self.sink.start(task.video_id)
             video = self.source(local, self.size)
+            close = getattr(video, "close", None)  # what an opened video holds (node copies)
+            if close is not None:
+                fetched.callback(close)
             record = video.record
             cut = getattr(video, "pieces", None)  # a source without pieces: one decoder
             ranges = (

@@ -17,7 +17,9 @@ for MinIO, Ceph or R2; ``AWS_SKIP_SIGNATURE=true`` for a public bucket), ``GOOGL
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
+import hashlib
 import os
 import re
 import shutil
@@ -330,6 +332,55 @@ def download(obj: RemoteObject, dest: Path, opts: RemoteOptions) -> None:
     except Exception as e:  # noqa: BLE001 - the video fails with the reason, the run goes on
         dest.unlink(missing_ok=True)
         raise ValueError(f"download of {obj.url} failed: {_reason(e, obj.url)}") from None
+
+
+# -- a copy shared by the processes of one machine ------------------------------------------------
+
+
+def scratch_folder(opts: RemoteOptions, name: str) -> Path:
+    """``name`` under this machine's scratch (``opts.scratch_dir``, else the temporary folder)."""
+    parent = opts.scratch_dir or tempfile.gettempdir()
+    return Path(parent).expanduser() / name
+
+
+def _copy_key(obj: RemoteObject) -> str:
+    # the ETag is part of the key: a replaced object is another copy, never the old one reused
+    return hashlib.sha256(f"{obj.url}\0{obj.etag}\0{obj.size}".encode()).hexdigest()[:32]
+
+
+def shared_copy(obj: RemoteObject, folder: Path, opts: RemoteOptions) -> Path:
+    """A local copy of ``obj`` in ``folder``, one per object (URL + ETag) for every process
+    of this machine that asks: the first downloads it under a file lock, the others wait for
+    it and reuse it (its size checked). A download is conditional on the ETag, so a source
+    replaced since it was listed raises ``ValueError`` naming both ETags (as :func:`download`).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    key = _copy_key(obj)
+    dest = folder / f"{key}{PurePosixPath(obj.url).suffix[:16]}"
+    with open(folder / f"{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on a kill
+        try:
+            if dest.stat().st_size == obj.size:
+                return dest
+        except FileNotFoundError:
+            pass
+        part = folder / f"{key}.part-{os.getpid()}"
+        download(obj, part, opts)  # removes ``part`` when it fails
+        os.replace(part, dest)  # whole or absent: a kill mid-download leaves no copy to reuse
+    return dest
+
+
+def remove_shared_copy(obj: RemoteObject, folder: Path) -> None:
+    """Remove this machine's copy of ``obj`` from ``folder`` (after a download under way). The
+    empty lock file stays (removing it would let two processes lock different files); it goes
+    with the folder."""
+    key = _copy_key(obj)
+    lock_path = folder / f"{key}.lock"
+    if not lock_path.exists():
+        return
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        (folder / f"{key}{PurePosixPath(obj.url).suffix[:16]}").unlink(missing_ok=True)
 
 
 @dataclass

@@ -308,7 +308,11 @@ def run_shard(
                 # Re-read under the shard's lock: another run may have just finished some.
                 # Longest first: a long video started last would be the task's tail.
                 todo = longest_first(with_durations(shard_todo(spec, shard, shard_count)[0]))
-                prefetch = stack.enter_context(Prefetcher(todo, spec.remote))
+                # A source that fetches remote videos where it decodes them (Ray's decode tasks,
+                # each on its own node) needs no prefetch here.
+                fetch = getattr(source, "fetch", None)
+                if fetch is None:
+                    fetch = stack.enter_context(Prefetcher(todo, spec.remote)).fetch
                 pipe = ExtractPipeline(
                     enc,
                     _FingerprintedSink(writer, todo),
@@ -319,7 +323,7 @@ def run_shard(
                     on_event=tally,
                     source=source,
                     stop_check=signals.check,
-                    fetch=prefetch.fetch,
+                    fetch=fetch,
                 )
                 pipe.run(todo)
         except signals.StopRequested as stop:
@@ -469,10 +473,6 @@ class ExtractJob:
         encode; elsewhere (or ``job.ray=null``) each shard does both in its own process."""
         fn = functools.partial(run_shard, spec)
         if spec.ray is not None and isinstance(self.launcher, RayLauncher):
-            if any(v.remote for v in spec.videos):  # its decode tasks open task.path directly
-                raise ValueError(
-                    "videos on object storage need each shard to fetch its own: add job.ray=null"
-                )
             return spec.ray.run(self.launcher, fn, spec, shards, pending)
         return self.launcher.run(fn, shards, pending)
 

@@ -5,6 +5,10 @@ The driver creates ``encoder_actors`` actors that each load the model once; each
 runs the usual pipeline with a ``RemoteEncoder`` (batches go to the actors) and a ``RaySource``
 (each video is probed, then decoded in tasks of one chunk, at most ``max_in_flight`` per shard at
 a time). Same code, chunks and batches as the local launcher, so the same bits. See docs/ray.md.
+
+Videos on object storage need no shared file system: a probe or decode task fetches the video to
+its own node's scratch (one copy per node, shared by every task there; ``extract.remote``) and
+the copies are removed from those nodes once the video's last piece has ended.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import logging
 import math
 import os
 import random
+import shutil
+import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -34,6 +40,13 @@ from extract.pipeline import (
     probe_record,
 )
 from extract.pipeline import open_reader as open_frame_reader
+from extract.remote import (
+    RemoteObject,
+    RemoteOptions,
+    remove_shared_copy,
+    scratch_folder,
+    shared_copy,
+)
 from jobs.launch.ray_launcher import RayLauncher, cause_of, import_ray, remote
 
 
@@ -47,6 +60,10 @@ class RaySpec(Protocol):
     def encode_threads(self) -> int | None: ...
     @property
     def decode(self) -> DecodeOptions: ...
+    @property
+    def remote(self) -> RemoteOptions: ...
+    @property
+    def videos(self) -> Sequence[VideoTask]: ...
 
 
 log = logging.getLogger(__name__)
@@ -125,6 +142,75 @@ def decode_range(
 DecodeFn = Callable[[str, int, DecodeOptions, int, int], tuple[np.ndarray, np.ndarray]]
 
 
+# -- videos on object storage: a copy on each node that decodes them ---------------------------
+
+
+def _node_id() -> str:
+    return str(import_ray().get_runtime_context().get_node_id())
+
+
+def probe_remote(
+    obj: RemoteObject, remote_opts: RemoteOptions, scratch: str, video_id: str, size: int,
+    opts: DecodeOptions,
+) -> dict[str, Any]:  # fmt: skip
+    """``probe_video`` on this node's copy of ``obj`` (fetched on first use, ETag-checked), with
+    the node's id, where the shard removes the copy once the video ends. The copy of a video
+    that cannot be opened is removed at once: no piece of it will be decoded."""
+    folder = scratch_folder(remote_opts, scratch)
+    path = shared_copy(obj, folder, remote_opts)
+    try:
+        info = probe_video(str(path), video_id, size, opts)
+    except Exception:
+        remove_shared_copy(obj, folder)
+        raise
+    info["record"]["source_path"] = obj.url
+    info["node"] = _node_id()
+    return info
+
+
+def decode_remote(
+    decode_fn: DecodeFn, obj: RemoteObject, remote_opts: RemoteOptions, scratch: str, size: int,
+    opts: DecodeOptions, lo: int, hi: int,
+) -> tuple[np.ndarray, np.ndarray, str]:  # fmt: skip
+    """``decode_fn`` on this node's copy of ``obj`` (the probe's, or fetched here if this task
+    runs on another node), and the node's id."""
+    path = shared_copy(obj, scratch_folder(remote_opts, scratch), remote_opts)
+    frames, pts = decode_fn(str(path), size, opts, lo, hi)
+    return frames, pts, _node_id()
+
+
+def remove_copy(obj: RemoteObject, remote_opts: RemoteOptions, scratch: str) -> None:
+    """Remove this node's copy of ``obj`` (a task pinned to the node)."""
+    remove_shared_copy(obj, scratch_folder(remote_opts, scratch))
+
+
+def remove_scratch(remote_opts: RemoteOptions, scratch: str) -> None:
+    """Remove a run's whole scratch folder from this node (a task pinned to the node)."""
+    shutil.rmtree(scratch_folder(remote_opts, scratch), ignore_errors=True)
+
+
+def _on_nodes(ray: Any, fn: Callable[..., None], nodes: Sequence[str], *args: Any) -> None:
+    """``fn(*args)`` once on each of ``nodes`` (no CPU held, so it never waits behind decoding),
+    waiting up to 30 s; a node that is gone is skipped (its scratch went with it)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    refs = [
+        remote(fn)
+        .options(
+            num_cpus=0, max_retries=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
+        )
+        .remote(*args)
+        for node in nodes
+    ]  # fmt: skip
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=30.0)
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - a lost node or a copy already gone
+            log.warning("scratch clean-up on a node failed: %s", e)
+
+
 def _get_decoded(ray: Any, ref: Any) -> Any:
     """``ray.get`` for probe/decode tasks: every failure becomes a ``ValueError`` with a reason.
 
@@ -184,6 +270,7 @@ class RayVideo:
         self.in_flight: collections.deque[Any] = collections.deque()
         self.submitted = 0
         self.peak_in_flight = 0
+        self.nodes: set[str] = set()  # nodes holding a copy of a remote video
 
     def pieces(self, piece_frames: int, start_frame: int) -> list[tuple[int, int]]:
         """Ranges of at least ``piece_frames`` sampled frames from ``start_frame``, cut where a
@@ -209,7 +296,8 @@ class RayVideo:
         """
         ray = import_ray()
         src = self.source
-        decode = remote(src.decode_fn).options(
+        obj = self.task.remote
+        decode = remote(src.decode_fn if obj is None else decode_remote).options(
             num_cpus=src.decode_num_cpus, max_retries=src.max_retries
         )
         n = int(self.record["num_frames"])
@@ -227,14 +315,22 @@ class RayVideo:
                 if lo is None:
                     return
                 hi = min(lo + self.frames_per_call, n)
-                in_flight.append(decode.remote(path, self.size, src.opts, lo, hi))
+                args = (self.size, src.opts, lo, hi)
+                in_flight.append(
+                    decode.remote(path, *args)
+                    if obj is None
+                    else decode.remote(src.decode_fn, obj, src.remote_opts, src.scratch, *args)
+                )
                 self.submitted += 1
                 self.peak_in_flight = max(self.peak_in_flight, len(in_flight))
 
         try:
             fill()
             while in_flight:
-                frames, pts = _get_decoded(ray, in_flight[0])
+                got = _get_decoded(ray, in_flight[0])
+                frames, pts = got[0], got[1]
+                if obj is not None:
+                    self.nodes.add(got[2])
                 in_flight.popleft()
                 fill()
                 # Copies: object-store arrays are read-only, and a copy frees the store's buffer.
@@ -244,6 +340,15 @@ class RayVideo:
                 _abandon(ray, list(in_flight))
                 in_flight.clear()
 
+    def close(self) -> None:
+        """Remove a remote video's copies from the nodes that made one (the pipeline calls this
+        once every piece of the video has ended)."""
+        obj, nodes = self.task.remote, sorted(self.nodes)
+        self.nodes.clear()
+        if obj is not None and nodes:
+            src = self.source
+            _on_nodes(import_ray(), remove_copy, nodes, obj, src.remote_opts, src.scratch)
+
 
 @dataclass(frozen=True)
 class RaySource:
@@ -251,7 +356,9 @@ class RaySource:
 
     ``source(task, size)`` probes the video in a task (raising ``ValueError`` with the reason for
     a bad file) and returns a ``RayVideo``. ``decode_fn`` is what a decode task runs
-    (``decode_range``; replaceable to instrument it).
+    (``decode_range``; replaceable to instrument it). A video on object storage is fetched by
+    the tasks themselves, into ``scratch`` (a folder name, the run's own) under each node's
+    ``remote_opts.scratch_dir``: ``fetch`` passes it through unfetched.
     """
 
     opts: DecodeOptions
@@ -259,20 +366,38 @@ class RaySource:
     max_in_flight: int = 4
     max_retries: int = 3
     decode_fn: DecodeFn = decode_range
+    remote_opts: RemoteOptions = field(default_factory=RemoteOptions)
+    scratch: str = "streamfeat-ray"
 
     def __call__(self, task: VideoTask, size: int) -> RayVideo:
         ray = import_ray()
         # The probe runs where decoding runs, not in the shard task: opening a video scans the
         # file (exact seek mode), real work that should use decode resources, and the worker
         # keeps the opened reader for the video's first chunks.
-        probe = remote(probe_video).options(
+        obj = task.remote
+        probe = remote(probe_video if obj is None else probe_remote).options(
             num_cpus=self.decode_num_cpus, max_retries=self.max_retries
         )
-        info = _get_decoded(ray, probe.remote(str(task.path), task.video_id, size, self.opts))
-        return RayVideo(
+        args = (task.video_id, size, self.opts)
+        info = _get_decoded(
+            ray,
+            probe.remote(str(task.path), *args)
+            if obj is None
+            else probe.remote(obj, self.remote_opts, self.scratch, *args),
+        )
+        video = RayVideo(
             self, task, size, info["record"], int(info["frames_per_call"]),
             info.get("keyframe_starts", ()),
         )  # fmt: skip
+        if "node" in info:
+            video.nodes.add(info["node"])
+        return video
+
+    @contextlib.contextmanager
+    def fetch(self, task: VideoTask) -> Iterator[VideoTask]:
+        """The pipeline's fetch step: nothing to do here, the decode tasks fetch a remote video
+        on their own nodes (the shard task's node may share no file system with them)."""
+        yield task
 
 
 # -- encoding in Ray actors --------------------------------------------------------------------
@@ -431,6 +556,7 @@ class RayExtraction:
                 max_task_retries=launcher.max_retries,
             )
             actors: list[Any] = []
+            scratch = f"streamfeat-ray-{uuid.uuid4().hex[:12]}"  # this run's, on every node
             try:
                 for _ in range(self.encoder_actors):
                     actors.append(actor.remote(spec.encoder, spec.encode_threads))
@@ -446,10 +572,16 @@ class RayExtraction:
                     decode_num_cpus=self.decode_num_cpus,
                     max_in_flight=self.max_in_flight,
                     max_retries=launcher.max_retries,
+                    remote_opts=spec.remote,
+                    scratch=scratch,
                 )
                 yield {"encoder": encoder, "source": source}
             finally:
                 _kill(ray, actors)
+                if any(v.remote is not None for v in spec.videos):
+                    # what a lost shard or a cancelled task left behind
+                    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+                    _on_nodes(ray, remove_scratch, nodes, spec.remote, scratch)
 
     def _check_spec(self, spec: RaySpec) -> None:
         if spec.decode.device != "cpu":
@@ -524,5 +656,7 @@ __all__ = [
     "RayVideo",
     "RemoteEncoder",
     "decode_range",
+    "decode_remote",
+    "probe_remote",
     "probe_video",
 ]

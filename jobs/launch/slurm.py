@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 # This module is imported only when launcher=slurm is chosen, so the import is lazy already.
 import submitit
 
-from cache import load_index, read_launches, record_launch
+from cache import is_url, load_index, read_launches, record_launch, store_exists
 from jobs.launch import signals
 from jobs.launch import slurm_cluster as cluster
 
@@ -104,6 +104,7 @@ class SlurmLauncher:
     def __post_init__(self) -> None:
         if self.shards < 1:
             raise ValueError(f"launcher.shards must be >= 1, got {self.shards}")
+        self.folder = local_folder(self.folder, self.store)
         if self.poll_s <= 0:
             raise ValueError(f"launcher.poll_s must be > 0, got {self.poll_s}")
         if shutil.which("sbatch") is None:
@@ -251,6 +252,29 @@ class SlurmLauncher:
         return result  # type: ignore[no-any-return]
 
 
+DEFAULT_FOLDER = "logs/slurm"  # under the store (conf/launcher/slurm.yaml)
+URL_STORE_FOLDER = Path("outputs") / "slurm"  # under the working directory, for a bucket store
+
+
+def local_folder(folder: str, store: str | None) -> str:
+    """Where submitit's pickles, logs and the launch records go: a folder the nodes share.
+
+    The default, ``STORE/logs/slurm``, is no folder when the store is a URL: such a store's
+    folder is ``outputs/slurm/BUCKET/PREFIX`` under the working directory (registered in the
+    bucket, so ``job=status`` finds it from anywhere on the same file system). A URL given
+    as the folder itself is refused: SLURM tasks read their pickles from a file system.
+    """
+    if not is_url(folder):
+        return folder
+    if store is not None and is_url(store) and folder == f"{store.rstrip('/')}/{DEFAULT_FOLDER}":
+        scheme, _, rest = store.rstrip("/").partition("://")
+        return str(Path(URL_STORE_FOLDER, scheme, *rest.split("/")).absolute())
+    raise ValueError(
+        f"launcher.folder={folder}: must be a folder on a file system the SLURM nodes share "
+        "(submitit's pickles and logs), not a URL"
+    )
+
+
 class Driver(Protocol):
     """What a :class:`Watch` needs of whoever submitted: how often to poll, the store to read
     frames/s from (if any) and where the logs are."""
@@ -341,12 +365,14 @@ class Watch:
     def rate(self) -> str:
         """Frames committed to the store since this array's wait began, per second."""
         store = self.launcher.store
-        if self.what != "array" or store is None or not (Path(store) / "zarr.json").exists():
+        if self.what != "array" or store is None:
             return ""
-        try:
-            entries = load_index(Path(store)).videos.values()
-        except Exception:  # noqa: BLE001 - a store mid-write must not stop the driver
-            return ""
+        try:  # a folder or a bucket alike
+            if not store_exists(store):
+                return ""
+            entries = load_index(store).videos.values()
+        except Exception:  # noqa: BLE001 - a store mid-write or an unreachable bucket must
+            return ""  # not stop the driver
         recent = [
             e for e in entries if e.status == "done" and e.record["committed_at"] >= self.started
         ]

@@ -151,6 +151,33 @@ def test_report_renders_in_headless_chromium(
     shutil.copy(shot, artifacts / "eval-report.png")  # the screenshot, kept for people to look at
 
 
+def test_eval_and_report_on_a_store_in_a_bucket(
+    trained: tuple[Path, Path, Path], tmp_path: Path, s3_bucket: str
+) -> None:
+    """``job=eval store=s3://...`` then ``job=report`` on its output, through the CLI: the same
+    numbers as the same store on disk, and a report that re-renders the same."""
+    store, ann, adapter = trained
+    remote = make_store(f"{s3_bucket}/feats.zarr", ["a", "b", "c", "d", "e"])  # the same content
+    assert eval_job(store, ann, adapter, tmp_path / "local", LocalLauncher()).run() == 0
+    out = tmp_path / "s3"
+    r = run_cli(
+        "job=eval", f"store={remote}", "data=chat", f"data.annotations={ann}",
+        f"job.adapter={adapter}", f"job.output_dir={out}", hydra_dir=tmp_path / "h",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    local = json.loads((tmp_path / "local" / "summary.json").read_text())
+    got = json.loads((out / "summary.json").read_text())
+    assert got["samples"] == local["samples"] == 5
+    np.testing.assert_allclose(means(got), means(local), rtol=1e-6)
+    assert json.loads((out / "run.json").read_text())["store"]["path"] == remote
+    page = out / "report.html"
+    first = page.read_text()
+    page.unlink()
+    rep = run_cli("job=report", f"job.output_dir={out}", hydra_dir=tmp_path / "h2")
+    assert rep.returncode == 0 and f"report: {page}" in rep.stdout, rep.stderr[-3000:]
+    assert page.read_text() == first and '<table id="metrics">' in first
+
+
 def test_an_output_folder_of_another_evaluation_is_refused(
     trained: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:

@@ -1,10 +1,13 @@
 """``job=extract store=s3://...`` end to end against moto's S3 server on 127.0.0.1: the local
 launcher, a kill -9 and its rerun (which waits for the lease to lapse, saying so), job=status
-and job=verify on the bucket, and the storage errors that stop a run before any work."""
+and job=verify on the bucket, the storage errors that stop a run before any work, and the
+README's object-storage row (videos and store in a bucket, launcher=ray) as written."""
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -171,3 +174,62 @@ def test_ray_shard_writers_share_nothing_but_the_bucket(
     s = open_store(store)
     assert s.video_ids(status="done") == ["v0", "v1", "v2"]
     assert all(s.read(v)[0].shape[0] == 2 for v in s.video_ids())
+
+
+def readme_object_storage_row() -> str:
+    """The command of the README cluster table's object-storage row, as written there."""
+    text = (ROOT / "README.md").read_text()
+    row = next(ln for ln in text.splitlines() if ln.startswith("| object storage"))
+    found = re.search(r"`([^`]*python run\.py[^`]*)`", row)
+    assert found, row
+    return found.group(1)
+
+
+def test_the_readme_object_storage_row_runs_as_written(
+    tmp_path: Path, tiny_siglip: Path, s3_server: str
+) -> None:
+    """The README's command against the test server: only its port is this server's, the
+    environment has no other AWS_* setting, and the test adds its tiny encoder, a scratch
+    folder to look into and a Hydra folder. launcher=ray with job.ray set (decode tasks and
+    encoder actors): the videos and the store share nothing but the bucket."""
+    import boto3
+
+    from jobs.verify import verify_store
+
+    words = shlex.split(readme_object_storage_row())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    while "=" in words[0] and not words[0].startswith("-"):  # VAR=value before the command
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value.replace("http://127.0.0.1:5000", s3_server)
+    assert env["AWS_ENDPOINT_URL"] == s3_server and words[:2] == ["python", "run.py"], words
+    args = dict(w.partition("=")[::2] for w in words[2:])
+    assert args["launcher"] == "ray" and "job.ray" not in args, args  # the default Ray design
+    videos, store = args["videos"], args["store"]
+    bucket, prefix = videos.removeprefix("s3://").split("/", 1)
+    client = boto3.client("s3")  # the fixture's endpoint and keys
+    client.create_bucket(Bucket=bucket)
+    local = make_videos(tmp_path / "videos", 3, 1.5)
+    for p in sorted(local.iterdir()):
+        client.upload_file(str(p), bucket, f"{prefix}{p.name}")
+    scratch = tmp_path / "scratch"
+    cmd = [
+        sys.executable, str(ROOT / "run.py"), *words[2:],
+        f"encoder.pretrained={tiny_siglip}", f"job.remote.scratch_dir={scratch}",
+        "job.progress=false", f"hydra.run.dir={tmp_path / 'h'}",
+    ]  # fmt: skip
+    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    took = time.perf_counter() - t0
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "3 done, 0 skipped (already complete), 0 failed" in r.stdout, r.stdout
+    assert "RayLauncher" in r.stderr and f"store: {store}" in r.stdout, r.stderr[-3000:]
+    assert scratch.is_dir() and not any(scratch.iterdir())  # every node copy removed
+    s = open_store(store)
+    assert s.video_ids(status="done") == ["v0", "v1", "v2"]
+    for vid in s.video_ids():
+        assert s.info(vid)["source_path"] == f"{videos}{vid}.mp4"
+        assert s.read(vid)[0].shape == (3, 10, 64)
+    report = verify_store(store)
+    assert report["problems"] == {} and report["checked"] == 3, report
+    print(f"README object-storage command: {took:.1f} s")

@@ -11,7 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +126,10 @@ def test_launcher_protocol_and_config() -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Any]:
-    """One local Ray for the tests below; launchers find it running and leave it up."""
+def ray_cluster(s3_server: str) -> Iterator[Any]:
+    """One local Ray for the tests below; launchers find it running and leave it up. Its
+    workers get the environment of its start, so the test S3 server's endpoint and keys are
+    set first (as a real cluster's nodes have theirs)."""
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
@@ -309,6 +311,83 @@ def test_without_a_ray_design_shard_tasks_decode_and_encode_themselves(
     assert a.video_ids(status="done") == b.video_ids(status="done") == ["v0", "v1", "v2"]
     for vid in a.video_ids():
         np.testing.assert_array_equal(b.read(vid)[0], a.read(vid)[0])
+
+
+# -- videos on object storage ------------------------------------------------------------------
+
+
+def logged_paths(log: str, path: str, size: int, opts: DecodeOptions, lo: int, hi: int) -> Any:
+    """``decode_range`` that first notes which file (path, inode, mtime) the task read."""
+    st = os.stat(path)
+    with open(log, "a") as f:  # one short O_APPEND write per task: never torn
+        f.write(json.dumps([path, st.st_ino, st.st_mtime_ns, lo]) + "\n")
+    return decode_range(path, size, opts, lo, hi)
+
+
+def test_decode_tasks_fetch_remote_videos_to_their_node(
+    tmp_path: Path, tiny_siglip: Path, s3_bucket: str, ray_cluster: Any
+) -> None:
+    """``job.ray`` set and videos on S3, store on S3: probe and decode tasks fetch each video to
+    their node's scratch (one copy per video and node, shared by its tasks), a source replaced
+    after listing fails alone with its reason, every copy is removed when its video ends and
+    the run's scratch at the end, and the tokens equal in-process shards' bit for bit."""
+    import boto3
+
+    from extract.remote import RemoteOptions
+    from jobs.inputs import resolve_inputs
+
+    client, name = boto3.client("s3"), s3_bucket.removeprefix("s3://")
+    for i in range(3):  # 8 s, a keyframe a second: pieces of 4 sampled frames
+        v = make_video(tmp_path / f"v{i}.mp4", seconds=8.0, width=64, height=48, gop=30)
+        client.upload_file(str(v.path), name, f"in/v{i}.mp4")
+    tasks = resolve_inputs(f"{s3_bucket}/in/").tasks
+    old = client.head_object(Bucket=name, Key="in/v1.mp4")["ETag"]
+    other = make_video(tmp_path / "other.mp4", seconds=2.0, width=96, height=48).path
+    client.upload_file(str(other), name, "in/v1.mp4")  # replaced after the listing
+    new = client.head_object(Bucket=name, Key="in/v1.mp4")["ETag"]
+    scratch = tmp_path / "scratch"
+
+    def spec_at(store: str) -> ExtractSpec:
+        return replace(
+            _spec(Path(store), [], tiny_siglip),
+            store=store,
+            videos=tuple(tasks),
+            decode=DecodeOptions(fps=2.0, frames_per_call=2, workers=2, piece_frames=4),
+            remote=RemoteOptions(scratch_dir=str(scratch)),
+        )
+
+    spec, ref = spec_at(f"{s3_bucket}/ray.zarr"), spec_at(str(tmp_path / "ref.zarr"))
+    for shard in range(2):  # the reference: in-process decode (the shard's own prefetch)
+        run_shard(ref, shard, 2)
+    log = tmp_path / "decoded.jsonl"
+    launcher, design = RayLauncher(shards=2), RayExtraction(max_in_flight=2)
+    with design.start(launcher, spec) as parts:
+        source = replace(parts["source"], decode_fn=functools.partial(logged_paths, str(log)))
+        fn = functools.partial(run_shard, spec, encoder=parts["encoder"], source=source)
+        results = launcher.run(fn, 2, concurrency=design.concurrent_shards(launcher))
+        run_dir = scratch / source.scratch
+        # each video's copy went when the video ended; only the (empty) lock files are left
+        assert run_dir.is_dir() and {p.suffix for p in run_dir.iterdir()} == {".lock"}
+    assert not run_dir.exists() and not list(scratch.iterdir())  # the run's scratch is gone
+    # shard 0 has v0 and v2, shard 1 v1 (remote videos have no duration to balance shards by)
+    assert [(r.done, r.failed) for r in results if isinstance(r, ShardResult)] == [(2, 0), (0, 1)]
+    s, want = open_store(spec.store), open_store(ref.store)
+    assert s.video_ids(status="failed") == want.video_ids(status="failed") == ["v1"]
+    why = f"source changed during download: ETag {old} then {new}; a rerun takes the new one"
+    assert s.info("v1")["error"] == want.info("v1")["error"] == why
+    assert s.video_ids(status="done") == want.video_ids(status="done") == ["v0", "v2"]
+    for vid in ("v0", "v2"):
+        (tb, pb), (ta, pa) = s.read(vid), want.read(vid)
+        assert len(tb) == s.info(vid)["num_frames"] == 16
+        np.testing.assert_array_equal(tb, ta)
+        np.testing.assert_array_equal(pb, pa)
+        assert s.info(vid)["source"] == want.info(vid)["source"]  # {size, etag, url}
+        assert s.info(vid)["source_path"] == f"{s3_bucket}/in/{vid}.mp4"
+    reads = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(lo for *_, lo in reads) == sorted([*range(0, 16, 2)] * 2)  # 8 tasks a video
+    copies = {(path, ino, mtime) for path, ino, mtime, _ in reads}
+    assert len(copies) == 2, copies  # one download per video: every task read that one file
+    assert all(Path(path).parent == run_dir for path, *_ in copies)
 
 
 # -- decode backpressure ---------------------------------------------------------------------

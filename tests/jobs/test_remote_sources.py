@@ -297,6 +297,55 @@ def watch_folder(folder: Path, seen: list[tuple[int, int]], stop: threading.Even
         time.sleep(0.001)
 
 
+def _copy_of(obj: Any, folder: str, start: Any, out: Any) -> None:
+    """In a process of its own, once every process is ready: this machine's shared copy of
+    ``obj`` (path, inode) into ``out``."""
+    from extract.remote import shared_copy
+
+    start.wait(60)
+    path = shared_copy(obj, Path(folder), FAST)
+    out.put((str(path), path.stat().st_ino))
+
+
+def test_processes_of_one_machine_share_one_copy(
+    s3_server: str, local_videos: Path, tmp_path: Path
+) -> None:
+    """What Ray's decode tasks on one node use: processes asking at once for the same object get
+    one download (the same file, the same inode); on a node without a copy, an object replaced
+    since its listing fails with both ETags and leaves nothing; removing a copy removes it."""
+    import multiprocessing
+
+    from extract.remote import remove_shared_copy, shared_copy
+
+    upload(local_videos, bucket("shared"), "in")
+    obj = next(t.remote for t in resolve_inputs("s3://shared/in/", remote=FAST).tasks
+               if t.video_id == "b")  # fmt: skip
+    assert obj is not None
+    folder, ctx = tmp_path / "node", multiprocessing.get_context("spawn")
+    start, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_copy_of, args=(obj, str(folder), start, out)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    try:
+        got = [out.get(timeout=120) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(30)
+            proc.kill()
+    assert len(set(got)) == 1, got  # one file, downloaded once (a second would be a new inode)
+    path = Path(got[0][0])
+    assert path.read_bytes() == (local_videos / "b.mp4").read_bytes()
+    assert sorted(p.suffix for p in folder.iterdir()) == [".lock", ".mp4"]  # no partial left
+    s3().upload_file(str(local_videos / "a.mp4"), "shared", "in/b.mp4")  # replaced
+    other = tmp_path / "other-node"  # where no copy was made before the replacement
+    with pytest.raises(ValueError, match=rf"source changed during download: ETag {obj.etag} then"):
+        shared_copy(obj, other, FAST)
+    assert [p.suffix for p in other.iterdir()] == [".lock"]  # no copy, no partial download
+    assert shared_copy(obj, folder, FAST) == path  # the copy of the listed version, kept
+    remove_shared_copy(obj, folder)
+    assert [p.suffix for p in folder.iterdir()] == [".lock"]
+
+
 def test_remote_settings_are_checked() -> None:
     bad: list[tuple[dict[str, Any], str]] = [
         ({"prefetch": 0}, "job.remote.prefetch must be >= 1"),

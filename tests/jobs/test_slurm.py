@@ -101,6 +101,66 @@ def test_array_extraction_with_a_failing_video(tmp_path: Path, tiny_siglip: Path
     assert v.returncode == 0, v.stdout
 
 
+def upload(folder: Path, bucket: str, prefix: str) -> str:
+    """Every file of ``folder`` to ``bucket/prefix/``; that prefix's URL."""
+    import boto3
+
+    client, name = boto3.client("s3"), bucket.removeprefix("s3://")
+    for p in sorted(folder.iterdir()):
+        client.upload_file(str(p), name, f"{prefix}/{p.name}")
+    return f"{bucket}/{prefix}/"
+
+
+def test_array_extraction_from_a_bucket_into_a_bucket(
+    tmp_path: Path, tiny_siglip: Path, s3_bucket: str
+) -> None:
+    """videos= and store= on object storage: the tasks get the endpoint and keys from the
+    submitting environment, fetch their videos to node-local scratch and commit to the bucket;
+    the driver's frames/s reads the bucket; status and verify read it; the store equals a
+    local-launcher run's."""
+    videos = upload(make_videos(tmp_path / "videos", 3, 1.5), s3_bucket, "vids")
+    store, scratch = f"{s3_bucket}/x.zarr", tmp_path / "scratch"
+    common = [
+        "job=extract",
+        f"videos={videos}",
+        f"encoder.pretrained={tiny_siglip}",
+        "job.batching=fixed",  # batches do not depend on timing: tokens equal bit for bit
+        "job.progress=false",
+        f"job.remote.scratch_dir={scratch}",
+        "launcher.shards=2",
+    ]
+    r = run_cli(
+        *common, f"store={store}", *SLURM, f"launcher.folder={tmp_path / 'logs'}",
+        hydra_dir=tmp_path / "h",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "3 done, 0 skipped (already complete), 0 failed" in r.stdout, r.stdout
+    assert f"store: {store}" in r.stdout
+    assert re.search(r"slurm: array \d+: 2/2 done; 9 frames, [\d.]+ frames/s", r.stderr), r.stderr
+    launches = read_launches(store)  # registered in the bucket, kept in the folder
+    assert len(launches) == 1 and sorted(launches[0]["jobs"]) == ["0", "1"], launches
+    assert launches[0]["folder"] == str(tmp_path / "logs")
+    assert scratch.is_dir() and not any(scratch.iterdir())  # every copy removed
+    ref = run_cli(*common, f"store={tmp_path / 'local.zarr'}", hydra_dir=tmp_path / "h2")
+    assert ref.returncode == 0 and "3 done" in ref.stdout, ref.stderr[-3000:]
+    s, want = open_store(store), open_store(tmp_path / "local.zarr")
+    assert s.video_ids(status="done") == want.video_ids(status="done") == ["v0", "v1", "v2"]
+    assert {e.shard for e in s.index.videos.values()} == {0, 1}
+    for vid in s.video_ids():
+        (tb, pb), (ta, pa) = s.read(vid), want.read(vid)
+        assert tb.shape == (3, 10, 64)
+        np.testing.assert_array_equal(tb, ta)
+        np.testing.assert_array_equal(pb, pa)
+        assert s.info(vid)["source_path"] == f"{videos}{vid}.mp4"
+    st = run_cli("job=status", f"store={store}", hydra_dir=tmp_path / "h3")
+    assert st.returncode == 0 and "3 done, 0 failed" in st.stdout, st.stdout + st.stderr[-2000:]
+    for shard, job_id in launches[0]["jobs"].items():
+        assert re.search(rf"shard +{shard}: .*SLURM job {job_id} ", st.stdout), st.stdout
+    v = run_cli("job=verify", f"store={store}", hydra_dir=tmp_path / "h4")
+    assert v.returncode == 0 and "verify: OK" in v.stdout, v.stdout + v.stderr[-2000:]
+    assert "3 done videos, 9 frames checked" in v.stdout, v.stdout
+
+
 def test_status_shows_slurm_states_with_the_launcher_folder_elsewhere(
     tmp_path: Path, tiny_siglip: Path
 ) -> None:

@@ -108,3 +108,18 @@ def test_status_lists_only_the_current_layout_with_pending_reasons(
     assert sorted(out) == [0, 1]
     assert out[0]["slurm"] == {"job_id": "6_0", "state": "PENDING", "reason": "Resources"}
     assert out[1]["slurm"] == {"job_id": "6_1", "state": "RUNNING"}
+
+
+def test_a_bucket_store_keeps_its_launch_folder_on_the_file_system(tmp_path: Path) -> None:
+    """The default folder (``STORE/logs/slurm``) of a store on object storage is a local one
+    under the working directory; a URL named as the folder is refused."""
+    from jobs.launch.slurm import local_folder
+
+    store = "s3://bucket/feats/x.zarr"
+    assert local_folder(f"{store}/logs/slurm", store) == str(
+        Path.cwd() / "outputs" / "slurm" / "s3" / "bucket" / "feats" / "x.zarr"
+    )
+    assert local_folder(str(tmp_path / "logs"), store) == str(tmp_path / "logs")
+    assert local_folder("out.zarr/logs/slurm", "out.zarr") == "out.zarr/logs/slurm"
+    with pytest.raises(ValueError, match=r"launcher.folder=s3://bucket/logs: must be a folder"):
+        local_folder("s3://bucket/logs", store)
