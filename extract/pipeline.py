@@ -270,8 +270,11 @@ class _Pieces:
         return self.put(item)  # only piece i's decoder emits while piece i is the head
 
     def end(self, i: int, failed: bool = False) -> bool | None:
-        """Piece ``i`` is decoded: release the buffered pieces that are now next. Returns
-        whether the whole video has left (``None``: stopped while releasing)."""
+        """Piece ``i`` is decoded: release the buffered pieces that are now next, and after the
+        last one the video's end. Returns whether the whole video has left (``None``: stopped
+        while releasing). The end is put before anyone can see the video finished: with
+        ``fixed`` batching its owner then puts its next video (or its last item) in the same
+        queue, which must come after it."""
         with self.cond:
             self.ended[i] = True
             if failed:
@@ -286,11 +289,13 @@ class _Pieces:
                         if not self.put(item):
                             return None
                     self.buffers[self.head] = []
-            self.cond.notify_all()
             done = self.head == len(self.ranges)
+            # A failed video's last item is its failure.
+            put = not done or self.failed or self.put(_End(self.task.video_id, self.video.record))
+            self.cond.notify_all()
         if done:  # no decoder reads the file any more
             self.release()
-        return done
+        return done if put else None
 
     def wait_finished(self, stop: threading.Event) -> None:
         with self.cond:
@@ -532,11 +537,7 @@ class ExtractPipeline:
             if not video.emit(i, _Fail(vid, record, _reason(e)), stop):
                 return False
             finished = video.end(i, failed=True)
-        if finished is None:
-            return False
-        if finished and not video.failed:
-            return video.put(_End(vid, record))
-        return True
+        return finished is not None
 
     def _timed_chunks(
         self, video_id: str, chunks: Iterator[tuple[torch.Tensor, np.ndarray]]

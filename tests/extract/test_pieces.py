@@ -8,8 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ import torch
 from cache import load_index, open_store
 from extract.encoders import SiglipConfig, build_encoder
 from extract.frames import DecodeOptions, FrameReader
-from extract.pipeline import ExtractPipeline, VideoTask
+from extract.pipeline import ExtractPipeline, VideoTask, _End, _Frames, _Pieces
 from extract.samples import GeneratedVideo, make_decode_kinds, make_video
 from jobs.assign import longest_first, shard_videos, with_durations
 from tests.extract.test_parallel import TokenSink
@@ -56,6 +58,34 @@ def test_pieces_are_bit_identical_to_one_pass(kinds: dict[str, GeneratedVideo], 
         assert np.array_equal(pts, ref_pts[start:])
         assert torch.equal(frames, ref_frames[start:])
     assert max(counts) >= 3  # the file was really cut
+
+
+def test_a_video_end_is_queued_before_its_owner_sees_it_finished() -> None:
+    """With fixed batching the owner of a video puts its next item in the same queue once the
+    video is finished; the end, put by whichever decoder ended the last piece (a helper), must
+    already be there (else the encoder reads the owner's next item first: "decode thread K
+    ended early", about one run in three before this was fixed)."""
+    queued: list[object] = []
+
+    def put(item: object) -> bool:
+        time.sleep(0.01)  # a put takes time (a full queue): the owner must not overtake it
+        queued.append(item)
+        return True
+
+    opened = SimpleNamespace(record={"num_frames": 4})
+    video = _Pieces(VideoTask("v", Path("v.mp4")), opened, [(0, 2), (2, 4)], put, 2)  # type: ignore[arg-type]
+    assert video.claim() == 0 and video.claim(helper=True) == 1
+    frames = _Frames("v", torch.zeros(2, 3, 4, 4), np.zeros(2), opened.record)
+    video.emit(1, frames, threading.Event())  # the helper's piece waits behind the head
+    video.emit(0, frames, threading.Event())
+    assert video.end(0) is False
+    helper = threading.Thread(target=video.end, args=(1,))
+    helper.start()
+    video.wait_finished(threading.Event())
+    queued.append("owner's next item")
+    helper.join()
+    assert [type(x).__name__ for x in queued] == ["_Frames", "_Frames", "_End", "str"]
+    assert isinstance(queued[2], _End) and queued[2].video_id == "v"
 
 
 @pytest.mark.parametrize("batching", ["fixed", "dynamic"])
