@@ -31,6 +31,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import os
@@ -62,6 +63,7 @@ from bench.extract import (
     best,
     make_videos,
     measure,
+    timed,
 )
 
 TARGETS = {
@@ -293,11 +295,24 @@ def extraction(args: argparse.Namespace, endpoint: Endpoint) -> dict[str, Any]:
     ]  # fmt: skip
     runs: dict[str, list[Run]] = {label: [] for label, _ in order}
     frames = 0
+    server: dict[str, list[float]] = {label: [] for label, _ in order}  # its cores per run
+
+    def serving(label: str, fn: Callable[[], int]) -> Callable[[], int]:
+        def run() -> int:
+            c0, t0 = endpoint.cpu(), time.perf_counter()
+            out = fn()
+            server[label].append((endpoint.cpu() - c0) / (time.perf_counter() - t0))
+            return out
+
+        return run
+
     for k in range(args.repeats):
         for label, fn in order if k % 2 == 0 else order[::-1]:
-            frames, r = measure(fn, args.settle, args.tries, prep=fresh, helpers=endpoint.cpu)
+            frames, r = measure(serving(label, fn), args.settle, args.tries, prep=fresh,
+                                helpers=endpoint.cpu)  # fmt: skip
             runs[label].append(r)
-            print(f"  round {k + 1} {label}: {frames / r.seconds:.2f} frames/s [{r}]")
+            of_it = f", S3 server {server[label][-1]:.2f} of them" if endpoint.pid else ""
+            print(f"  round {k + 1} {label}: {frames / r.seconds:.2f} frames/s [{r}{of_it}]")
     fresh()
     shutil.rmtree(args.cache / "scratch", ignore_errors=True)
     fps = {label: frames / best(rs).seconds for label, rs in runs.items()}
@@ -455,13 +470,17 @@ class RequestCounter:
 # -- a 1,200-frame window read from an s3:// store -------------------------------------------
 
 
-def write_synthetic(root: str | Path, videos: int, frames: int, n: int, d: int) -> list[str]:
+def write_synthetic(
+    root: str | Path, videos: int, frames: int, n: int, d: int, **layout: int
+) -> list[str]:
     """A store of ``videos`` videos of ``frames`` random float16 frames (n x d tokens each),
-    written by one ShardWriter (default layout: 8-frame chunks, 1,024-frame files, segments of
-    up to 4,096 frames, so videos share and span segments); the video ids."""
+    written by one ShardWriter, 512 frames at a time (the default layout: 8-frame chunks,
+    1,024-frame files, a segment committed once 4,096 frames are buffered, so videos share
+    and span segments; ``layout`` overrides it); the video ids."""
     from cache import ShardWriter, StoreLayout, init_store
 
-    init_store(root, layout=StoreLayout(n, d), features={"encoder": "synthetic"}, provenance={})
+    lay = StoreLayout(n, d, **layout)  # type: ignore[arg-type]
+    init_store(root, layout=lay, features={"encoder": "synthetic"}, provenance={})
     rng = np.random.default_rng(0)
     ids = [f"video{v:02d}" for v in range(videos)]
     with ShardWriter(root, 0) as w:
@@ -484,14 +503,16 @@ def window_bytes(layout: dict[str, Any], frames: int) -> int:
 def window_reads(
     url: str, counter: RequestCounter, window: int, trials: int, seed: int = 1200
 ) -> dict[str, Any]:
-    """``trials`` times: a fresh ``open_store(url)``, then one read of ``window`` frames at a
-    random place of a random video (then the same read again: its segments already open);
-    requests and bytes counted apart for the open, the read and the repeat."""
+    """``trials`` times: a fresh ``open_store(url)``, then one read of ``window`` frames (then
+    the same read again: its segments already open); requests and bytes counted apart for the
+    open, the read and the repeat. The first window is centred on a place where a video goes
+    from one segment to the next, when there is one (the worst case: two segments to open);
+    the others are at random places of random videos."""
     from cache import open_store
 
     rng = np.random.default_rng(seed)
     per: list[dict[str, Any]] = []
-    for _ in range(trials):
+    for trial in range(trials):
         counter.take()
         s = open_store(url)
         opened = counter.take()
@@ -499,6 +520,8 @@ def window_reads(
         vid = vids[int(rng.integers(len(vids)))]
         n = int(s.info(vid)["num_frames"])
         lo = int(rng.integers(0, n - window + 1))
+        if trial == 0 and (across := segment_boundary(s, window)) is not None:
+            vid, lo = across
         tok, pts = s.read(vid, lo, lo + window)
         cold = counter.take()
         s.read(vid, lo, lo + window)
@@ -526,6 +549,19 @@ def window_reads(
         "open_bytes_max": max(p["open"].bytes for p in per),
         "per_trial": per,
     }
+
+
+def segment_boundary(store: Any, window: int) -> tuple[str, int] | None:
+    """A window of ``window`` frames centred where a video's frames go on in another segment:
+    (video id, first frame), or ``None`` when no video spans segments with room for it."""
+    for vid in store.video_ids(status="done"):
+        info = store.info(vid)
+        n = int(info["num_frames"])
+        for piece in info["pieces"][1:]:
+            lo = min(max(0, piece["frames"][0] - window // 2), n - window)
+            if lo >= 0:
+                return vid, lo
+    return None
 
 
 def window(args: argparse.Namespace, endpoint: Endpoint) -> dict[str, Any]:
@@ -601,25 +637,30 @@ def write_many(root: str | Path, videos: int, shards: int, commits: int) -> None
 
 def open_times(
     roots: dict[str, str | Path], repeats: int, videos: int, helpers: Helpers | None = None
-) -> dict[str, list[tuple[float, float]]]:
-    """(seconds, helper CPU seconds) of each ``cache.open_store`` of each root (fresh objects:
-    a new store client, the index read and resolved), alternating which goes first,
-    ``repeats`` times each; ``helpers``: the S3 server's CPU seconds so far."""
+) -> dict[str, list[tuple[Run, float]]]:
+    """Each ``cache.open_store`` of each root (fresh objects: a new store client, the index
+    read and resolved), alternating which goes first, ``repeats`` times each: its timing (the
+    S3 server's CPU counted as the open's own) and the server's CPU seconds during it.
+    ``helpers``: the server's CPU seconds so far."""
     from cache import open_store
 
-    server = helpers or (lambda: 0.0)
-    times: dict[str, list[tuple[float, float]]] = {k: [] for k in roots}
+    server = helpers or _no_server
+    times: dict[str, list[tuple[Run, float]]] = {k: [] for k in roots}
     for root in roots.values():  # warm-up (untimed): imports, the first connection
         open_store(root)
     items = list(roots.items())
     for k in range(repeats):
         for label, root in items if k % 2 == 0 else items[::-1]:
-            c0, t0 = server(), time.perf_counter()
-            s = open_store(root)
-            times[label].append((time.perf_counter() - t0, server() - c0))
+            c0 = server()
+            s, r = timed(functools.partial(open_store, root), server)
+            times[label].append((r, server() - c0))
             if len(s.video_ids()) != videos:
                 raise RuntimeError(f"{root}: {len(s.video_ids())} videos, not {videos}")
     return times
+
+
+def _no_server() -> float:
+    return 0.0
 
 
 def store_open(args: argparse.Namespace, endpoint: Endpoint, commits: int) -> dict[str, Any]:
@@ -645,23 +686,27 @@ def store_open(args: argparse.Namespace, endpoint: Endpoint, commits: int) -> di
     times = open_times({"local": local, "s3": url}, args.open_repeats, args.open_videos,
                        endpoint.cpu)  # fmt: skip
     shutil.rmtree(local, ignore_errors=True)
-    best_of = {k: min(v) for k, v in times.items()}
+    best_of = {k: min(v, key=lambda rc: (rc[0].disturbed, rc[0].seconds)) for k, v in times.items()}
     for k, v in times.items():
-        server = f", S3 server CPU {best_of[k][1]:.3f} s" if k == "s3" and endpoint.pid else ""
-        print(f"  {k}: open_store best {best_of[k][0]:.3f} s{server} (all: "
-              f"{', '.join(f'{t:.3f}' for t, _ in v)})")  # fmt: skip
-    ratio = best_of["s3"][0] / best_of["local"][0]
-    met = say_target("open_s3_vs_local", ratio)
+        r, cpu = best_of[k]
+        server = f", S3 server CPU {cpu:.3f} s" if k == "s3" and endpoint.pid else ""
+        print(f"  {k}: open_store best {r.seconds:.3f} s [{r}{server}] (all: "
+              f"{', '.join(f'{t.seconds:.3f}' for t, _ in v)})")  # fmt: skip
+    ratio = best_of["s3"][0].seconds / best_of["local"][0].seconds
+    disturbed = best_of["s3"][0].disturbed or best_of["local"][0].disturbed
+    note = " (a best open was disturbed by other processes)" if disturbed else ""
+    met = say_target("open_s3_vs_local", ratio, note)
     return {
         "videos": args.open_videos,
         "shards": args.open_shards,
         "commits_per_shard": commits,
         "records": records,
         "journal_bytes": journal,
-        "local_seconds": round(best_of["local"][0], 4),
-        "s3_seconds": round(best_of["s3"][0], 4),
+        "local_seconds": round(best_of["local"][0].seconds, 4),
+        "s3_seconds": round(best_of["s3"][0].seconds, 4),
         "s3_server_cpu_seconds": round(best_of["s3"][1], 4) if endpoint.pid else None,
         "open_s3_vs_local": round(ratio, 3),
+        "disturbed": disturbed,
         "targets_met": {"open_s3_vs_local": met},
     }
 
