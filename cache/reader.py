@@ -201,8 +201,9 @@ def _object_segment(url: str, shard: int, segment: str, record: dict[str, Any]) 
     if missing:
         raise MissingDataError(f"missing {where}/{missing[0]} (the data is lost)")
     zs = storage.zarr_store(prefix, read_only=True)
-    tok = zarr.open_array(store=zs, path="tokens", mode="r")
-    pts = np.asarray(zarr.open_array(store=zs, path="pts", mode="r")[...])
+    # Zarr v3 named: without it each open also asks for v2's .zarray and .zattrs (two 404s).
+    tok = zarr.open_array(store=zs, path="tokens", mode="r", zarr_format=3)
+    pts = np.asarray(zarr.open_array(store=zs, path="pts", mode="r", zarr_format=3)[...])
     sums = record.get("crc32c") or {}
     if checksum(pts) != sums.get("pts"):
         raise DamagedDataError(
