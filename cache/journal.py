@@ -294,20 +294,21 @@ def build_index(journals: dict[int, list[dict[str, Any]]]) -> Index:
 
 def load_index(root: str | Path) -> Index:
     """Read every shard journal under ``root/index`` and resolve them into one index (on
-    object storage: every shard's numbered records, one list and concurrent reads)."""
+    object storage: each shard's latest checkpoint and the records after it, one list and
+    concurrent reads)."""
     from cache.storage import is_url
 
-    if is_url(root):
-        from cache.objectlog import read_records
-        from cache.storage import open_storage
-
-        return build_index(read_records(open_storage(root)))
-    root = Path(root)
     # Building millions of small dicts and tuples would trigger repeated full garbage collections
     # (none of them cyclic garbage): pausing the collector makes this about 2x faster.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
+        if is_url(root):
+            from cache.objectlog import read_records
+            from cache.storage import open_storage
+
+            return build_index(read_records(open_storage(root)))
+        root = Path(root)
         damaged: list[str] = []
         with warnings.catch_warnings():  # named once in the index, not warned per reader
             warnings.simplefilter("ignore", JournalDamageWarning)

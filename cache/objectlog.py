@@ -9,7 +9,9 @@ docs/object-storage.md; in short:
   replace-if-unchanged; a lease is taken over only after it has not changed for its
   time-to-live, judged on the taker's own clock, and the taker's first act is a record;
 - segments go under unique prefixes and are listed, with their files, in the record that
-  commits them; what no record names is garbage that the lease holder removes.
+  commits them; what no record names is garbage that the lease holder removes;
+- every ``CHECKPOINT_RECORDS`` records the lease holder writes a checkpoint, all the shard's
+  records so far in one object, so a reader fetches that and the records after it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from cache.storage import Storage, StorageError, Version
@@ -30,6 +33,8 @@ from cache.storage import Storage, StorageError, Version
 log = logging.getLogger(__name__)
 
 LEASE_TTL_S = 30.0  # the default: a lease unchanged this long is taken over
+# The lease holder writes a checkpoint of its shard's journal every this many records.
+CHECKPOINT_RECORDS = 50
 
 
 class ShardFencedError(RuntimeError):
@@ -65,31 +70,130 @@ def record_numbers(storage: Storage, shard: int) -> list[int]:
     return sorted(n for n in nums if n is not None)
 
 
-def read_records(storage: Storage) -> dict[int, list[dict[str, Any]]]:
-    """Every shard's journal records in commit order: one list of ``index/``, then the
-    records fetched concurrently. A record that is not a JSON list of objects is skipped
-    with a warning (it cannot be torn: an object is written whole or not at all)."""
-    keys: list[tuple[int, int, str]] = []
+def checkpoint_key(shard: int, number: int) -> str:
+    """The checkpoint of shard ``shard``'s records 1..``number`` (all of them, in order)."""
+    return f"{records_prefix(shard)}checkpoint-{number:010d}.json"
+
+
+def _checkpoint_number(key: str) -> int | None:
+    name = key.rsplit("/", 1)[-1]
+    if not (name.startswith("checkpoint-") and name.endswith(".json")):
+        return None
+    digits = name[len("checkpoint-") : -len(".json")]
+    return int(digits) if digits.isdigit() else None
+
+
+@dataclass
+class ShardJournal:
+    """One shard's journal as read: its records in commit order, the number of the last
+    record they include, and the checkpoint they were read from (0: none)."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    last: int = 0
+    checkpoint: int = 0
+
+
+def read_journals(storage: Storage) -> dict[int, ShardJournal]:
+    """Every shard's journal: one list of ``index/``, then, per shard, its latest checkpoint
+    and the records after it, fetched concurrently (so opening a store costs a few requests
+    per shard, not one per commit ever made). A checkpoint deleted since the list (a newer
+    one replaced it) means a new list; a damaged one is skipped for the records it covers
+    (never deleted). A record that is not a JSON list of objects is skipped with a warning (it
+    cannot be torn: an object is written whole or not at all)."""
+    for _ in range(8):
+        got = _read_journals(storage)
+        if got is not None:
+            return got
+    raise StorageError(f"{storage.url}: its journal checkpoints keep changing while read")
+
+
+def _read_journals(storage: Storage) -> dict[int, ShardJournal] | None:
+    records: dict[int, dict[int, str]] = {}
+    checkpoints: dict[int, dict[int, str]] = {}
     for key in storage.list("index/"):
         parts = key.split("/")
         if len(parts) != 3 or not parts[1].startswith("shard-"):
             continue
-        num, digits = _number(key), parts[1][len("shard-") :]
-        if num is not None and digits.isdigit():
-            keys.append((int(digits), num, key))
-    keys.sort()
-    out: dict[int, list[dict[str, Any]]] = {}
-    for (shard, _, key), data in zip(keys, storage.get_many([k for *_, k in keys]), strict=True):
-        records = out.setdefault(shard, [])
-        try:
-            got = json.loads(data or b"")
-            if not isinstance(got, list) or not all(isinstance(r, dict) for r in got):
-                raise ValueError("not a list of records")
-        except ValueError as e:
-            log.warning("%s/%s: damaged record skipped (%s)", storage.url, key, e)
+        digits = parts[1][len("shard-") :]
+        if not digits.isdigit():
             continue
-        records.extend(got)
+        if (num := _number(key)) is not None:
+            records.setdefault(int(digits), {})[num] = key
+        elif (num := _checkpoint_number(key)) is not None:
+            checkpoints.setdefault(int(digits), {})[num] = key
+    want: list[tuple[int, int, str]] = []  # (shard, number, key); number 0: its checkpoint
+    for shard in sorted(records):
+        mine, c = records[shard], max(checkpoints.get(shard, {0: ""}))
+        if c and c in mine:  # a checkpoint of records that exist (else: ignore it)
+            want.append((shard, 0, checkpoints[shard][c]))
+        else:
+            c = 0
+        want += [(shard, n, mine[n]) for n in sorted(mine) if n > c]
+    out = {shard: ShardJournal() for shard in sorted(records)}
+    blobs = storage.get_many([k for *_, k in want])
+    for (shard, num, key), data in zip(want, blobs, strict=True):
+        journal = out[shard]
+        if num == 0:  # the checkpoint comes first
+            if data is None:
+                return None  # replaced by a newer one since the list: list again
+            c = _checkpoint_number(key) or 0
+            got = _parse_records(storage, key, data)
+            if got is None:  # damaged: read the records it covers instead
+                got = _records_of(storage, records[shard], c)
+            journal.records.extend(got)
+            journal.last = journal.checkpoint = c
+            continue
+        got = _parse_records(storage, key, data)
+        journal.records.extend(got or [])
+        journal.last = num
     return out
+
+
+def _parse_records(storage: Storage, key: str, data: bytes | None) -> list[dict[str, Any]] | None:
+    try:
+        got = json.loads(data or b"")
+        if not isinstance(got, list) or not all(isinstance(r, dict) for r in got):
+            raise ValueError("not a list of records")
+    except ValueError as e:
+        log.warning("%s/%s: damaged record skipped (%s)", storage.url, key, e)
+        return None
+    return got
+
+
+def _records_of(storage: Storage, keys: dict[int, str], upto: int) -> list[dict[str, Any]]:
+    nums = [n for n in sorted(keys) if n <= upto]
+    blobs = storage.get_many([keys[n] for n in nums])
+    out: list[dict[str, Any]] = []
+    for n, data in zip(nums, blobs, strict=True):
+        out.extend(_parse_records(storage, keys[n], data) or [])
+    return out
+
+
+def read_records(storage: Storage) -> dict[int, list[dict[str, Any]]]:
+    """Every shard's journal records in commit order (see :func:`read_journals`)."""
+    return {shard: j.records for shard, j in read_journals(storage).items()}
+
+
+def write_checkpoint(storage: Storage, shard: int, journal: ShardJournal) -> bool:
+    """Write the checkpoint of ``journal`` (records 1..``journal.last`` of shard ``shard``)
+    create-if-absent, then delete checkpoints older than the one before it (a reader that
+    listed that one may still be reading it). Only the shard's lease holder calls this: the
+    records it covers are immutable, so two checkpoints of one number are equal. Whether it
+    was written (a failure costs only speed: the records stay the truth)."""
+    try:
+        storage.create(checkpoint_key(shard, journal.last), _encode(journal.records))
+        olds = sorted(
+            n
+            for k in storage.list(records_prefix(shard))
+            if (n := _checkpoint_number(k)) is not None and n < journal.last
+        )
+        for n in olds[:-1]:
+            storage.delete(checkpoint_key(shard, n))
+    except StorageError as e:
+        log.warning("shard %d: journal checkpoint not written: %s", shard, e)
+        return False
+    journal.checkpoint = journal.last
+    return True
 
 
 class RecordLog:

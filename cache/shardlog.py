@@ -33,16 +33,19 @@ from typing import Any
 from cache.journal import Index, append_records, build_index, load_index, read_journal
 from cache.layout import journal_path, lock_path, segment_name, segment_seq, shard_dir
 from cache.objectlog import (
+    CHECKPOINT_RECORDS,
     LEASE_TTL_S,
     Lease,
     RecordLog,
     ShardFencedError,
+    ShardJournal,
     ShardLeaseHeld,
     collect_garbage,
-    read_records,
+    read_journals,
     segment_names,
     segment_prefix,
     shard_leased,
+    write_checkpoint,
 )
 from cache.segments import adopt_segments, write_marks
 from cache.storage import is_url, local_path, open_storage
@@ -230,6 +233,7 @@ class ObjectShardLog(ShardLog):
         }
         self._lease: Lease | None = None
         self._log: RecordLog | None = None
+        self._journal = ShardJournal()  # this shard's records, as committed (checkpoints)
 
     def take(self) -> None:
         if self._lease is not None:
@@ -248,8 +252,14 @@ class ObjectShardLog(ShardLog):
         try:
             self._log = RecordLog(self.storage, self.shard)
             self._log.claim([run])
-            journals = read_records(self.storage)
-            records = journals.get(self.shard, [])
+            journals = read_journals(self.storage)
+            self._journal = journals.get(self.shard, ShardJournal())
+            if self._journal.last != self._log.next - 1:  # no record can follow the claim
+                raise ShardFencedError(
+                    f"shard {self.shard} of {self.storage.url}: its journal changed after this "
+                    "writer claimed it (another writer took the shard over)"
+                )
+            records = self._journal.records
             repairs = collect_garbage(self.storage, self.shard, segment_names(records))
             for m in repairs:
                 log.warning("%s", m)
@@ -258,7 +268,8 @@ class ObjectShardLog(ShardLog):
                 self.storage.put(group, _GROUP_META)
             seqs = [object_segment_seq(r["segment"]) for r in records if r.get("kind") == "segment"]
             next_seq = 1 + max((q for q in seqs if q is not None), default=-1)
-            return Opened(build_index(journals), next_seq, repairs)
+            index = build_index({k: j.records for k, j in journals.items()})
+            return Opened(index, next_seq, repairs)
         except BaseException:
             self.release()
             raise
@@ -277,6 +288,11 @@ class ObjectShardLog(ShardLog):
         if self._log is None:
             raise RuntimeError(f"shard {self.shard}: commit before open")
         self._log.append(records)  # one object, create-if-absent: all or nothing
+        journal = self._journal
+        journal.records.extend(records)
+        journal.last = self._log.next - 1
+        if journal.last - journal.checkpoint >= CHECKPOINT_RECORDS:
+            write_checkpoint(self.storage, self.shard, journal)
 
     def discard(self, seg: str) -> None:
         # A write whose answer was lost may have committed it: an unjournalled segment is

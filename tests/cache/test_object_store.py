@@ -254,3 +254,98 @@ def test_launch_records_of_a_bucket_store_are_found_from_the_bucket(
     assert [r["job_id"] for r in read_launches(store)] == ["7", "8"]
     assert len(open_storage(store).list("launch_folders/")) == 1
     assert not any(tmp_path.glob("s3*"))  # no local folder named after the URL
+
+
+class _Counting(Storage):
+    """A storage that counts the objects fetched (and can show one stale list)."""
+
+    def __init__(self, inner: Storage, stale: list[str] | None = None) -> None:
+        self.inner, self.url, self.gets, self.lists, self.stale = inner, inner.url, 0, 0, stale
+
+    def create(self, key: str, data: bytes) -> Version | None:
+        return self.inner.create(key, data)
+
+    def replace(self, key: str, data: bytes, version: Version) -> Version | None:
+        return self.inner.replace(key, data, version)
+
+    def get(self, key: str) -> tuple[bytes, Version] | None:
+        self.gets += 1
+        return self.inner.get(key)
+
+    def list(self, prefix: str) -> list[str]:
+        self.lists += 1
+        if self.stale is not None:  # listed before a newer checkpoint replaced this one
+            keys, self.stale = self.inner.list(prefix) + self.stale, None
+            return sorted(keys)
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.inner.put(key, data)
+
+    def zarr_store(self, prefix: str, *, read_only: bool) -> object:
+        return self.inner.zarr_store(prefix, read_only=read_only)
+
+
+def _all_records(storage: Storage) -> dict[int, list[dict]]:  # type: ignore[type-arg]
+    """Every record of every shard, checkpoints ignored: the truth a checkpoint must equal."""
+    from cache.objectlog import _number, _records_of
+
+    out = {}
+    for shard in (0, 1):
+        keys = {n: k for k in storage.list(f"index/shard-{shard:05d}/")
+                if (n := _number(k)) is not None}  # fmt: skip
+        out[shard] = _records_of(storage, keys, max(keys))
+    return out
+
+
+def test_checkpoints_keep_the_journal_and_cut_the_reads(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lease holder checkpoints its journal every CHECKPOINT_RECORDS records (keeping the
+    latest two); a reader then fetches the latest checkpoint and the records after it, and
+    reads exactly what all the records say. A damaged checkpoint is read around; one deleted
+    between the list and the read (a newer one replaced it) makes the reader list again."""
+    import cache.shardlog
+    from cache.objectlog import checkpoint_key, read_journals, read_records
+
+    monkeypatch.setattr(cache.shardlog, "CHECKPOINT_RECORDS", 4)
+    root = str(make(f"{s3_bucket}/s.zarr", segment_frames=1000))
+    for shard in (0, 1):
+        with ShardWriter(root, shard) as w:
+            for v in range(9):
+                write_video(w, 10 * shard + v, 3)
+                w.commit()  # one record per video
+        with ShardWriter(root, shard) as w:  # a second run continues the checkpoints
+            for v in range(9, 12):
+                write_video(w, 10 * shard + v, 3)
+                w.commit()
+    storage = open_storage(root)
+    truth = _all_records(storage)
+    assert len(truth[0]) == 2 + 12 * 3  # two runs; segment, piece, video per video
+    ckpts = [k for k in storage.list("index/shard-00000/") if "checkpoint-" in k]
+    assert len(ckpts) == 2  # the latest two: older ones deleted
+    counting = _Counting(storage)
+    journals = read_journals(counting)
+    assert {s: j.records for s, j in journals.items()} == truth
+    objects = sum(1 for k in storage.list("index/") if "checkpoint-" not in k)
+    assert objects == 2 * (2 + 12)  # per shard: two runs' records, one per video
+    # Checkpoints after records 4, 8 and 12: a reader gets the last and records 13 and 14.
+    assert [k.rsplit("/", 1)[1] for k in ckpts] == [
+        "checkpoint-0000000008.json", "checkpoint-0000000012.json"]  # fmt: skip
+    assert counting.gets == 2 * 3, counting.gets
+    assert load_index(root).videos.keys() == {f"v{10 * s + v}" for s in (0, 1) for v in range(12)}
+
+    # A damaged checkpoint: the records it covers are read instead (they are never deleted).
+    storage.put(ckpts[-1], b"not json")
+    with caplog.at_level("WARNING"):
+        assert read_records(storage) == truth
+    assert "damaged record skipped" in caplog.text
+
+    # Listed, then deleted by the holder before the read: list again.
+    storage.delete(ckpts[-1])  # (the damaged one; checkpoint 8 stays)
+    stale = _Counting(storage, stale=[checkpoint_key(0, 14)])  # listed, gone since
+    assert read_records(stale) == truth
+    assert stale.lists == 2
