@@ -21,6 +21,7 @@ import abc
 import contextlib
 import fcntl
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -345,19 +346,21 @@ def describe_error(url: str, what: str, key: str, e: BaseException) -> str:
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the provider's default endpoint"
     if "NoSuchBucket" in text:
         return f"store={url}: the bucket does not exist (create it, or fix the URL)"
-    if name in ("UnauthenticatedError", "PermissionDeniedError") or any(
-        code in text
-        for code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403")
+    # No answer at all first: the request's text names the endpoint, whose port may hold "403".
+    if "error sending request" in text or "Connect" in text or "dns error" in text:
+        return (
+            f"store={url}: cannot reach {endpoint} (after retries); check AWS_ENDPOINT_URL "
+            "and the network"
+        )
+    if (
+        name in ("UnauthenticatedError", "PermissionDeniedError")
+        or any(c in text for c in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"))
+        or re.search(r"(?<![\d.:])403(?!\d)", text)  # the status, not a port or a number
     ):
         return (
             f"store={url}: access denied ({name}): check the credentials "
             "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, AWS_REGION), or set "
             "AWS_SKIP_SIGNATURE=true for a public bucket"
-        )
-    if "error sending request" in text or "Connect" in text or "dns error" in text:
-        return (
-            f"store={url}: cannot reach {endpoint} (after retries); check AWS_ENDPOINT_URL "
-            "and the network"
         )
     return f"store={url}: {what} {key!r} failed: {_one_line(e)}"
 
