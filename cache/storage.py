@@ -355,7 +355,7 @@ def describe_error(url: str, what: str, key: str, e: BaseException) -> str:
     if (
         name in ("UnauthenticatedError", "PermissionDeniedError")
         or any(c in text for c in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"))
-        or re.search(r"(?<![\d.:])403(?!\d)", text)  # the status, not a port or a number
+        or re.search(r"(?<![\w.:/-])403(?!\w)", text)  # the status, not in a port, key or name
     ):
         return (
             f"store={url}: access denied ({name}): check the credentials "
